@@ -1,0 +1,161 @@
+"""Settings: one pydantic-settings model, read from SPINDLE_* variables, validated at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A DNS name (labels of letters, digits and hyphens) or an IPv4 literal, or a bracketed
+# IPv6 literal, with an optional :port. No scheme, path, userinfo or whitespace.
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+HOST_RE = re.compile(rf"^(?:(?:{_LABEL}\.)*{_LABEL}|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?$")
+DID_RE = re.compile(r"^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$")
+
+
+def is_valid_host(value: str) -> bool:
+    """True for `name`, `name:port`, `1.2.3.4:port` or `[::1]:port`, the forms a knot or hostname takes."""
+    if len(value) > 253 + 6:
+        return False
+    match = HOST_RE.match(value)
+    if not match:
+        return False
+    if value.startswith("["):
+        try:
+            ipaddress.IPv6Address(value[1 : value.index("]")])
+        except ValueError:
+            return False
+    port = match.group("port")
+    return port is None or 0 < int(port) < 65536
+
+
+def host_without_port(host: str) -> str:
+    """`example.com:8080` → `example.com`; `[::1]:80` → `::1`."""
+    if host.startswith("["):
+        return host[1 : host.index("]")]
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+def is_local_host(host: str) -> bool:
+    """localhost and loopback literals: the hosts dev mode may reach over plain http."""
+    name = host_without_port(host).lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "spindle"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the table in README.md and SPEC.md lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="SPINDLE_", extra="ignore")
+
+    hostname: str = "localhost:6555"
+    public_url: str | None = None
+    owner: str | None = None
+    database_url: str | None = None
+    plc_url: str = "https://plc.directory"
+    dev: bool = False
+    listen: str = "0.0.0.0:6555"
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    knot_timeout: float = 10.0
+    max_jobs: int = Field(default=2, ge=1, le=64)
+    # A stable name for this process, so that at start it can tell its own runs that were
+    # left `running` by a crash from those of another live process sharing the database.
+    instance_id: str | None = None
+    # bubblewrap for steps: "auto" uses it when it works, "required" refuses to run without it.
+    sandbox: Literal["auto", "required", "off"] = "auto"
+    step_memory_mb: int = Field(default=4096, ge=64)
+    step_max_processes: int = Field(default=512, ge=16)
+    step_max_file_mb: int = Field(default=1024, ge=1)
+    job_timeout_minutes: float = Field(default=360, gt=0)
+    log_level: str = "info"
+
+    @field_validator("hostname")
+    @classmethod
+    def _check_hostname(cls, value: str) -> str:
+        if not is_valid_host(value):
+            raise ValueError(f"SPINDLE_HOSTNAME must be host[:port] with no scheme or path, got {value!r}")
+        return value
+
+    @field_validator("owner")
+    @classmethod
+    def _check_owner(cls, value: str | None) -> str | None:
+        if value is not None and not DID_RE.match(value):
+            raise ValueError(f"SPINDLE_OWNER must be a DID such as did:plc:..., got {value!r}")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"SPINDLE_PUBLIC_URL must be an http(s) base URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("plc_url")
+    @classmethod
+    def _check_plc_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"SPINDLE_PLC_URL must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"SPINDLE_LISTEN must be address:port, got {value!r}")
+        return value
+
+    @cached_property
+    def did(self) -> str:
+        """did:web of this service: the hostname with ':' written '%3A'."""
+        return "did:web:" + self.hostname.replace(":", "%3A")
+
+    @cached_property
+    def base_url(self) -> str:
+        """Base of every URL handed out: http for localhost in dev mode, https otherwise."""
+        if self.public_url:
+            return self.public_url
+        scheme = "http" if self.dev and is_local_host(self.hostname) else "https"
+        return f"{scheme}://{self.hostname}"
+
+    @cached_property
+    def ws_base_url(self) -> str:
+        return "ws" + self.base_url[len("http") :]
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'spindle.db'}"
+
+    @cached_property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @cached_property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def require_owner(self) -> str:
+        if not self.owner:
+            raise ValueError("SPINDLE_OWNER is required to serve: set it to the DID of the spindle's owner")
+        return self.owner

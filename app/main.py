@@ -1,0 +1,88 @@
+"""create_app(): routers, error handlers and a lifespan that builds every long-lived part."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from app.auth.verifier import ServiceAuthVerifier
+from app.config import Settings
+from app.context import AppContext
+from app.database import create_engine, create_sessionmaker
+from app.deps import CtxDep
+from app.engine.queue import Scheduler
+from app.identity import router as identity_router
+from app.identity.resolver import DidResolver
+from app.knot.client import KnotClient
+from app.knot.events import KnotEventConsumer
+from app.runs import router as runs_router
+from app.streams import router as streams_router
+from app.streams.broker import Broker
+from app.xrpc.errors import install_error_handlers
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app; nothing is connected until its lifespan starts."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.resolved_database_url)
+        sessionmaker = create_sessionmaker(engine)
+        # One client for identity lookups; redirects are not followed (a did:web host could
+        # otherwise bounce us to an address we refuse to fetch directly).
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=5.0),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        broker = Broker()
+        resolver = DidResolver(http=http, plc_url=settings.plc_url, dev=settings.dev)
+        verifier = ServiceAuthVerifier(resolver=resolver, service_did=settings.did)
+        knot = KnotClient(http=http, dev=settings.dev, timeout=settings.knot_timeout)
+        scheduler = Scheduler(settings=settings, sessionmaker=sessionmaker, broker=broker, knot=knot)
+        consumer = KnotEventConsumer(
+            settings=settings, sessionmaker=sessionmaker, knot=knot, scheduler=scheduler
+        )
+        app.state.ctx = AppContext(
+            settings=settings,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            http=http,
+            broker=broker,
+            resolver=resolver,
+            verifier=verifier,
+            knot=knot,
+            scheduler=scheduler,
+            consumer=consumer,
+        )
+        await scheduler.start()
+        await consumer.start()
+        try:
+            yield
+        finally:
+            await consumer.stop()
+            await scheduler.stop()
+            await http.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title="Tangled spindle", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(identity_router.router)
+    app.include_router(runs_router.router)
+    app.include_router(streams_router.router)
+
+    @app.get("/healthz")
+    async def healthz(ctx: CtxDep) -> dict[str, str]:
+        async with ctx.sessionmaker() as session:
+            await session.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    return app

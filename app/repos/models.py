@@ -1,0 +1,28 @@
+"""The operator's registry of repos this spindle serves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.database import Base, utcnow
+
+
+class Repo(Base):
+    """A repo the operator registered: (knot, did, name) and who may trigger it."""
+
+    __tablename__ = "repo"
+    __table_args__ = (UniqueConstraint("knot", "did", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    knot: Mapped[str] = mapped_column(String(300))
+    did: Mapped[str] = mapped_column(String(2048))
+    name: Mapped[str] = mapped_column(String(300))
+    owner_did: Mapped[str] = mapped_column(String(2048))
+    collaborators: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def may_trigger(self, actor: str, spindle_owner: str | None) -> bool:
+        return actor == self.owner_did or actor in self.collaborators or actor == spindle_owner

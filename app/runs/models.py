@@ -1,0 +1,136 @@
+"""Pipelines, their workflow runs, the append-only status events and the stored log lines."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.database import Base, utcnow
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Status(enum.StrEnum):
+    """The `sh.tangled.pipeline.status` values."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({Status.SUCCESS, Status.FAILED, Status.TIMEOUT, Status.CANCELLED})
+
+_status_type = Enum(
+    Status, name="run_status", native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]
+)
+
+
+class Pipeline(Base):
+    """One trigger (manual or a knot event): unique per (knot, rkey)."""
+
+    __tablename__ = "pipeline"
+    __table_args__ = (UniqueConstraint("knot", "rkey"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    knot: Mapped[str] = mapped_column(String(300))
+    rkey: Mapped[str] = mapped_column(String(512))
+    repo_did: Mapped[str] = mapped_column(String(2048))
+    repo_name: Mapped[str] = mapped_column(String(300))
+    sha: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(2048))
+    # manual | push | pull_request: the Tangled trigger kinds.
+    trigger_kind: Mapped[str] = mapped_column(String(32), default="manual")
+    # What the trigger carried (inputs, push/PR metadata), for the run's github context.
+    trigger: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # A digest of the request that created it: a retry with the same digest gets the stored answer.
+    request_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    workflow_runs: Mapped[list[WorkflowRun]] = relationship(
+        back_populates="pipeline", order_by="WorkflowRun.id", lazy="selectin"
+    )
+
+    @property
+    def pipeline_uri(self) -> str:
+        return f"at://did:web:{self.knot.replace(':', '%3A')}/sh.tangled.pipeline/{self.rkey}"
+
+
+class WorkflowRun(Base):
+    """One workflow file of a pipeline, run once."""
+
+    __tablename__ = "workflow_run"
+    __table_args__ = (UniqueConstraint("pipeline_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipeline.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))  # the file's stem
+    path: Mapped[str] = mapped_column(String(1024))  # .github/workflows/<file>
+    source: Mapped[str] = mapped_column(Text)  # the YAML text at the commit
+    inputs: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # resolved, defaults filled
+    status: Mapped[Status] = mapped_column(_status_type, default=Status.PENDING, index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    # Which process runs it, and when that process last said it was alive.
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    pipeline: Mapped[Pipeline] = relationship(back_populates="workflow_runs", lazy="joined")
+
+
+class StatusEvent(Base):
+    """An append-only record of each transition; its id is the /events cursor."""
+
+    __tablename__ = "status_event"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    workflow_run_id: Mapped[int] = mapped_column(
+        ForeignKey("workflow_run.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[Status] = mapped_column(_status_type)
+    error: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LogLine(Base):
+    """One Tangled-compatible log line of a workflow run, in order of id."""
+
+    __tablename__ = "log_line"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    workflow_run_id: Mapped[int] = mapped_column(
+        ForeignKey("workflow_run.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # data | control
+    content: Mapped[str] = mapped_column(Text)
+    stream: Mapped[str | None] = mapped_column(String(16))  # stdout | stderr
+    step_id: Mapped[int | None] = mapped_column(Integer)
+    step_status: Mapped[str | None] = mapped_column(String(16))  # start | end
+    step_command: Mapped[str | None] = mapped_column(Text)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,5 @@
+"""Routes. (Skeleton: being written.)"""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,126 @@
+"""The XRPC error tree, rendered as `{"error", "message"}` with the right status code.
+
+XrpcError
+├── InvalidRequest (400)
+│   └── PayloadTooLarge (413)
+├── AuthenticationError (401, WWW-Authenticate: Bearer)
+│     error: AuthenticationRequired | BadJwt | BadJwtSignature | JwtExpired
+│            | BadJwtAudience | BadJwtLexiconMethod
+├── Forbidden (403)
+├── NotFound (404)
+├── MethodNotImplemented (501)
+└── UpstreamFailure (502)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class XrpcError(Exception):
+    status_code = 500
+    error = "InternalServerError"
+
+    def __init__(self, message: str, *, error: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if error is not None:
+            self.error = error
+
+    def headers(self) -> dict[str, str] | None:
+        return None
+
+    def to_response(self) -> JSONResponse:
+        return JSONResponse(
+            {"error": self.error, "message": self.message},
+            status_code=self.status_code,
+            headers=self.headers(),
+        )
+
+
+class InvalidRequest(XrpcError):
+    status_code = 400
+    error = "InvalidRequest"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    error = "PayloadTooLarge"
+
+
+class AuthenticationError(XrpcError):
+    status_code = 401
+    error = "AuthenticationRequired"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(XrpcError):
+    status_code = 403
+    error = "Forbidden"
+
+
+class NotFound(XrpcError):
+    status_code = 404
+    error = "NotFound"
+
+
+class MethodNotImplemented(XrpcError):
+    status_code = 501
+    error = "MethodNotImplemented"
+
+
+class UpstreamFailure(XrpcError):
+    status_code = 502
+    error = "UpstreamFailure"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as `{"error","message"}`; a 500 never shows internals."""
+
+    @app.exception_handler(XrpcError)
+    async def _xrpc(_: Request, exc: XrpcError) -> JSONResponse:
+        return exc.to_response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if errors:
+            first = errors[0]
+            where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
+            message = f"{where or 'request'}: {first.get('msg', 'invalid')}"
+        else:
+            message = "invalid request"
+        return InvalidRequest(message).to_response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404 and request.url.path.startswith("/xrpc/"):
+            nsid = request.url.path[len("/xrpc/") :]
+            return MethodNotImplemented(f"method {nsid} is not implemented by this service").to_response()
+        if exc.status_code == 405:
+            return InvalidRequest(
+                f"HTTP method {request.method} is not allowed for {request.url.path}"
+            ).to_response()
+        names = {404: "NotFound", 413: "PayloadTooLarge", 415: "InvalidRequest"}
+        error = names.get(
+            exc.status_code, "InvalidRequest" if exc.status_code < 500 else "InternalServerError"
+        )
+        return JSONResponse(
+            {"error": error, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"error": "InternalServerError", "message": "internal server error"}, status_code=500
+        )
