@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     dropped = len(items) - len(kept)
     if dropped:
         print(
-            f"\n*** {dropped} PostgreSQL tests not run: SPINDLE_TEST_POSTGRES_URL is not set (use scripts/test)"
+            f"\n*** {dropped} PostgreSQL tests not run: SPINDLE_TEST_POSTGRES_URL is unset (use scripts/test)"
         )
         config.hook.pytest_deselected(items=[i for i in items if "postgres" in i.keywords])
         items[:] = kept
