@@ -5,10 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.deps import SettingsDep
+from app.identity import SERVICE_ID
 
 router = APIRouter()
-
-SERVICE_ID = "tangled_spindle"
 
 
 @router.get("/.well-known/did.json")

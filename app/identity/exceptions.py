@@ -1,0 +1,40 @@
+"""Why a DID could not be resolved.
+
+ResolutionError
+├── UnsupportedDid        not did:plc / did:web, bad syntax, or a did:web with a path
+├── ForbiddenHost         a did:web host that is, or resolves to, a non-public address
+├── DidNotFound           the directory or host says the DID does not exist (404/410, other 4xx)
+├── InvalidDidDocument    an answer that is not a DID document for this DID (id mismatch, not JSON, too big)
+└── DirectoryUnavailable  network error, timeout, 5xx/429: a cached document may be served instead
+
+The verifier maps each of these to a 401 naming the issuer; none becomes a 500.
+"""
+
+from __future__ import annotations
+
+
+class ResolutionError(Exception):
+    def __init__(self, did: str, reason: str) -> None:
+        super().__init__(f"could not resolve {did}: {reason}")
+        self.did = did
+        self.reason = reason
+
+
+class UnsupportedDid(ResolutionError):
+    pass
+
+
+class ForbiddenHost(ResolutionError):
+    pass
+
+
+class DidNotFound(ResolutionError):
+    pass
+
+
+class InvalidDidDocument(ResolutionError):
+    pass
+
+
+class DirectoryUnavailable(ResolutionError):
+    pass
