@@ -10,10 +10,11 @@ import pytest
 
 from app.config import Settings
 from tests.support.db import drop_database, new_database, postgres_admin_url
+from tests.support.knot import knot, old_knot  # noqa: F401  (fixtures: a local Tangled knot)
 from tests.support.plc import FakePlc
 from tests.support.servers import ServerThread
 
-OWNER_DID = "did:plc:spindleowner000000000000"
+OWNER_DID = "did:plc:spindleowneraaaaaaaaaaaa"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
