@@ -1,12 +1,71 @@
-"""The durable run queue. (Skeleton: being written.)"""
+"""The durable run queue: pending WorkflowRun rows are the queue, this process claims and runs them.
+
+    scheduler = Scheduler(settings=, sessionmaker=, broker=, knot=)   # engine= to plug another in
+    await scheduler.start()      # probe the sandbox, fail our own runs a crash left `running`
+    scheduler.wake()             # a run was just inserted: look now rather than at the next poll
+    await scheduler.cancel(id)   # pending → cancelled at once; running → killed, then cancelled
+    await scheduler.stop()       # kill what runs here; those runs end `failed`
+
+- Claiming is one conditional UPDATE (`status = pending AND claimed_by IS NULL` → running,
+  claimed_by = this instance), so processes sharing a database never run one run twice.
+- At most `settings.max_jobs` runs execute in this process at once; the rest stay pending
+  (a restart loses nothing: pending rows are simply claimed later).
+- Each running run's `heartbeat_at` is refreshed every HEARTBEAT_INTERVAL seconds. At start,
+  runs left `running` by this instance (its id is stable across restarts) are failed; runs of
+  other instances whose heartbeat is older than STALE_AFTER seconds are failed too.
+- A cancel from another process reaches the owner through `cancel_requested`, polled with
+  the queue. Every status change goes through `app.runs.status.transition`, is committed, then
+  announced.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import logging
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.database import utcnow
+from app.engine.base import Engine
+from app.engine.context import RunSpec
+from app.engine.local import KILL_GRACE, LocalEngine
+from app.engine.logs import LogSink
+from app.engine.runner import RunOutcome, WorkflowRunner
 from app.knot.client import KnotClient
+from app.runs.models import Status, WorkflowRun
+from app.runs.status import announce, transition
 from app.streams.broker import Broker
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 1.0
+HEARTBEAT_INTERVAL = 10.0
+STALE_AFTER = 60.0
+RESTART_ERROR = "the spindle restarted while this run was running"
+SHUTDOWN_ERROR = "the spindle shut down while this run was running"
+CANCELLED_PENDING = "cancelled before it started"
+
+
+def default_instance_id(settings: Settings) -> str:
+    """hostname + a digest of the data directory and listen address: the same service
+    restarted gets the same id, two services on one host sharing a database get different ones."""
+    place = f"{settings.data_dir.resolve()}|{settings.listen}"
+    return f"{socket.gethostname()}-{hashlib.sha256(place.encode()).hexdigest()[:12]}"
+
+
+@dataclass
+class _Active:
+    task: asyncio.Task[None] | None = None
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    shutdown: bool = False
 
 
 class Scheduler:
@@ -17,17 +76,300 @@ class Scheduler:
         sessionmaker: async_sessionmaker[AsyncSession],
         broker: Broker,
         knot: KnotClient,
+        engine: Engine | None = None,
+        poll_interval: float = POLL_INTERVAL,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        stale_after: float = STALE_AFTER,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.broker = broker
         self.knot = knot
+        self.engine: Engine = engine or LocalEngine(settings=settings)
+        self.instance_id = settings.instance_id or default_instance_id(settings)
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.active: dict[int, _Active] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_heartbeat = float("-inf")
+
+    # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        pass
+        """Probe the engine, fail runs a previous life of this instance left running, start polling."""
+        await self.engine.start()
+        log.info("scheduler %s: steps run with %s", self.instance_id, self.engine.describe())
+        await self._recover()
+        self._stopping = False
+        self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
 
     async def stop(self) -> None:
-        pass
+        """Stop claiming; kill the runs of this process (they end `failed`) and wait for them."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+            self._loop_task = None
+        for active in self.active.values():
+            active.shutdown = True
+            active.cancel.set()
+        tasks = [a.task for a in self.active.values() if a.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=KILL_GRACE + 30)
 
     def wake(self) -> None:
-        pass
+        """Look for pending runs now (call after committing new runs)."""
+        self._wake.set()
+
+    # -- cancel ----------------------------------------------------------------------------------
+
+    async def cancel(self, run_id: int) -> Status | None:
+        """Ask a run to stop. Pending: cancelled right away. Running here: its step is killed and it
+        ends `cancelled`; running in another process: that process sees `cancel_requested` within
+        a poll interval. Finished: nothing changes. Returns the status now, None for no such run."""
+        async with self.sessionmaker() as session:
+            claimed = await session.execute(
+                update(WorkflowRun)
+                .where(WorkflowRun.id == run_id, WorkflowRun.status == Status.PENDING)
+                .values(status=Status.CANCELLED, cancel_requested=True)
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                run = await session.get(WorkflowRun, run_id, populate_existing=True)
+                assert run is not None
+                event = transition(session, run, Status.CANCELLED, error=CANCELLED_PENDING)
+                await session.commit()
+                announce(self.broker, run, event)
+                return Status.CANCELLED
+            await session.execute(
+                update(WorkflowRun)
+                .where(WorkflowRun.id == run_id, WorkflowRun.status == Status.RUNNING)
+                .values(cancel_requested=True)
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+            run = await session.get(WorkflowRun, run_id, populate_existing=True)
+            if run is None:
+                return None
+            status = run.status
+        active = self.active.get(run_id)
+        if active is not None:
+            active.cancel.set()
+        return status
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self._tick()
+            except Exception:
+                # A database hiccup must not end the queue; the next tick tries again.
+                log.exception("scheduler tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+
+    async def _tick(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.active:
+            await self._poll_cancels()
+        if now - self._last_heartbeat >= self.heartbeat_interval:
+            self._last_heartbeat = now
+            await self._heartbeat()
+            await self._sweep_stale()
+        if not self._stopping:
+            await self._claim()
+
+    async def _poll_cancels(self) -> None:
+        ids = list(self.active)
+        async with self.sessionmaker() as session:
+            rows = await session.scalars(
+                select(WorkflowRun.id).where(WorkflowRun.id.in_(ids), WorkflowRun.cancel_requested.is_(True))
+            )
+            for run_id in rows:
+                active = self.active.get(run_id)
+                if active is not None:
+                    active.cancel.set()
+
+    async def _heartbeat(self) -> None:
+        if not self.active:
+            return
+        async with self.sessionmaker() as session:
+            await session.execute(
+                update(WorkflowRun)
+                .where(
+                    WorkflowRun.id.in_(list(self.active)),
+                    WorkflowRun.claimed_by == self.instance_id,
+                    WorkflowRun.status == Status.RUNNING,
+                )
+                .values(heartbeat_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+
+    async def _recover(self) -> None:
+        async with self.sessionmaker() as session:
+            ids = list(
+                await session.scalars(
+                    select(WorkflowRun.id).where(
+                        WorkflowRun.status == Status.RUNNING, WorkflowRun.claimed_by == self.instance_id
+                    )
+                )
+            )
+        for run_id in ids:
+            if await self._finish(run_id, RunOutcome(Status.FAILED, RESTART_ERROR), owner=self.instance_id):
+                log.warning("run %d was running when this spindle stopped: marked failed", run_id)
+
+    async def _sweep_stale(self) -> None:
+        cutoff = utcnow() - timedelta(seconds=self.stale_after)
+        async with self.sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(WorkflowRun.id, WorkflowRun.claimed_by).where(
+                        WorkflowRun.status == Status.RUNNING,
+                        or_(WorkflowRun.claimed_by.is_(None), WorkflowRun.claimed_by != self.instance_id),
+                        or_(WorkflowRun.heartbeat_at.is_(None), WorkflowRun.heartbeat_at < cutoff),
+                    )
+                )
+            ).all()
+        for run_id, owner in rows:
+            error = (
+                f"the spindle running this run ({owner}) stopped sending heartbeats "
+                f"for over {self.stale_after:g} s"
+            )
+            if await self._finish(run_id, RunOutcome(Status.FAILED, error), owner=owner, stale_before=cutoff):
+                log.warning("run %d of %s had a stale heartbeat: marked failed", run_id, owner)
+
+    async def _claim(self) -> None:
+        free = self.settings.max_jobs - len(self.active)
+        if free <= 0:
+            return
+        async with self.sessionmaker() as session:
+            candidates = list(
+                await session.scalars(
+                    select(WorkflowRun.id)
+                    .where(WorkflowRun.status == Status.PENDING, WorkflowRun.claimed_by.is_(None))
+                    .order_by(WorkflowRun.id)
+                    .limit(free * 2)
+                )
+            )
+        for run_id in candidates:
+            if len(self.active) >= self.settings.max_jobs or self._stopping:
+                return
+            spec = await self._try_claim(run_id)
+            if spec is not None:
+                active = _Active()
+                self.active[run_id] = active
+                active.task = asyncio.create_task(self._execute(spec, active), name=f"run-{run_id}")
+
+    async def _try_claim(self, run_id: int) -> RunSpec | None:
+        """Take one pending run for this instance; None when another process was quicker."""
+        async with self.sessionmaker() as session:
+            now = utcnow()
+            claimed = await session.execute(
+                update(WorkflowRun)
+                .where(
+                    WorkflowRun.id == run_id,
+                    WorkflowRun.status == Status.PENDING,
+                    WorkflowRun.claimed_by.is_(None),
+                )
+                .values(status=Status.RUNNING, claimed_by=self.instance_id, heartbeat_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                await session.rollback()
+                return None
+            run = await session.get(WorkflowRun, run_id, populate_existing=True)
+            assert run is not None
+            event = transition(session, run, Status.RUNNING)
+            await session.commit()
+            announce(self.broker, run, event)
+            return self._spec(run)
+
+    def _spec(self, run: WorkflowRun) -> RunSpec:
+        pipeline = run.pipeline
+        return RunSpec(
+            run_id=run.id,
+            workflow=run.name,
+            path=run.path,
+            source=run.source,
+            inputs=dict(run.inputs or {}),
+            knot=pipeline.knot,
+            pipeline_rkey=pipeline.rkey,
+            pipeline_uri=pipeline.pipeline_uri,
+            repo_did=pipeline.repo_did,
+            repo_name=pipeline.repo_name,
+            sha=pipeline.sha,
+            actor=pipeline.actor,
+            trigger_kind=pipeline.trigger_kind,
+            trigger=dict(pipeline.trigger or {}),
+            clone_url=self.knot.clone_url(
+                knot=pipeline.knot, repo_did=pipeline.repo_did, repo_name=pipeline.repo_name
+            ),
+            knot_url=self.knot.base_url(pipeline.knot),
+        )
+
+    async def _execute(self, spec: RunSpec, active: _Active) -> None:
+        logs = LogSink(run_id=spec.run_id, sessionmaker=self.sessionmaker, broker=self.broker)
+        await logs.start()
+        try:
+            runner = WorkflowRunner(
+                engine=self.engine, logs=logs, cancel=active.cancel, settings=self.settings
+            )
+            outcome = await runner.run(spec)
+        except Exception as exc:
+            log.exception("run %d failed inside the spindle", spec.run_id)
+            logs.notice(f"internal error: {type(exc).__name__}; the run is stopped")
+            outcome = RunOutcome(
+                Status.FAILED, f"the spindle failed while running this run ({type(exc).__name__})"
+            )
+            with contextlib.suppress(Exception):
+                await self.engine.destroy(run_id=spec.run_id)
+        if active.shutdown and outcome.status is Status.CANCELLED:
+            logs.notice(SHUTDOWN_ERROR)
+            outcome = RunOutcome(Status.FAILED, SHUTDOWN_ERROR)
+        try:
+            # The log is complete in the database before watchers learn the run has finished.
+            await logs.close()
+            if outcome.status is Status.SUCCESS and outcome.exit_code is None:
+                outcome.exit_code = 0
+            await self._finish(spec.run_id, outcome, owner=self.instance_id)
+        except Exception:
+            log.exception("could not record the end of run %d", spec.run_id)
+        finally:
+            self.active.pop(spec.run_id, None)
+            self._wake.set()  # a slot is free
+
+    async def _finish(
+        self, run_id: int, outcome: RunOutcome, *, owner: str | None, stale_before: Any = None
+    ) -> bool:
+        """running → a final status, only if `owner` still holds the run (and, for a stale sweep,
+        its heartbeat is still old): whoever loses a race leaves the row alone."""
+        async with self.sessionmaker() as session:
+            conditions = [WorkflowRun.id == run_id, WorkflowRun.status == Status.RUNNING]
+            conditions.append(
+                WorkflowRun.claimed_by.is_(None) if owner is None else WorkflowRun.claimed_by == owner
+            )
+            if stale_before is not None:
+                conditions.append(
+                    or_(WorkflowRun.heartbeat_at.is_(None), WorkflowRun.heartbeat_at < stale_before)
+                )
+            done = await session.execute(
+                update(WorkflowRun)
+                .where(*conditions)
+                .values(status=outcome.status)
+                .execution_options(synchronize_session=False)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                await session.rollback()
+                return False
+            run = await session.get(WorkflowRun, run_id, populate_existing=True)
+            assert run is not None
+            event = transition(session, run, outcome.status, error=outcome.error, exit_code=outcome.exit_code)
+            await session.commit()
+            announce(self.broker, run, event)
+            return True

@@ -1,0 +1,187 @@
+"""A run's log: Tangled-compatible lines, stored in batches, then published to watchers.
+
+Lines are buffered and written as LogLine rows in one transaction every FLUSH_INTERVAL seconds
+or BATCH_LINES lines, whichever comes first; after the commit the batch goes to the broker
+topic `logs_topic(run_id)` as one list of dicts (see `line_payload`). The broker never blocks,
+so no number of watchers slows a step down. A run may write at most MAX_LINES data lines and
+MAX_BYTES of content; past that a control line says the log was truncated and further output
+is counted but dropped (step start/end lines are still kept, so the log keeps its shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.database import utcnow
+from app.runs.models import LogLine
+from app.runs.status import logs_topic
+from app.streams.broker import Broker
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.05
+BATCH_LINES = 200
+MAX_LINES = 200_000
+MAX_BYTES = 50 * 1024 * 1024
+MAX_LINE_CHARS = 16 * 1024
+TRUNCATED_SUFFIX = " … [line truncated]"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def line_payload(row: dict[str, Any]) -> dict[str, Any]:
+    """What watchers receive for one stored line: the Tangled fields plus the row id."""
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "content": row["content"],
+        "time": _iso(row["time"]),
+        "step_id": row["step_id"],
+        "stream": row["stream"],
+        "step_status": row["step_status"],
+        "step_command": row["step_command"],
+    }
+
+
+class LogSink:
+    """Collects one run's lines; `start()` before the first line, `close()` flushes the rest."""
+
+    def __init__(
+        self,
+        *,
+        run_id: int,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        broker: Broker,
+        max_lines: int = MAX_LINES,
+        max_bytes: int = MAX_BYTES,
+        max_line_chars: int = MAX_LINE_CHARS,
+    ) -> None:
+        self.run_id = run_id
+        self.sessionmaker = sessionmaker
+        self.broker = broker
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.max_line_chars = max_line_chars
+        self.lines = 0
+        self.bytes = 0
+        self.dropped = 0
+        self.truncated = False
+        self._buffer: list[dict[str, Any]] = []
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._flusher(), name=f"logs-{self.run_id}")
+
+    async def close(self) -> None:
+        """Write everything still buffered; after this the log is complete in the database."""
+        self._closing = True
+        self._full.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.flush()
+
+    def data(self, content: str, *, stream: str, step_id: int | None) -> None:
+        """One line a process wrote (stream is stdout or stderr)."""
+        if self.truncated:
+            self.dropped += 1
+            return
+        if len(content) > self.max_line_chars:
+            content = content[: self.max_line_chars] + TRUNCATED_SUFFIX
+        size = len(content.encode("utf-8", errors="replace"))
+        if self.lines + 1 > self.max_lines or self.bytes + size > self.max_bytes:
+            self.truncated = True
+            self.dropped += 1
+            self.control(
+                f"log truncated: this run wrote more than {self.max_lines} lines or "
+                f"{self.max_bytes // (1024 * 1024)} MB; further output is not kept",
+                step_id=step_id,
+            )
+            return
+        self.lines += 1
+        self.bytes += size
+        self._add("data", content, stream=stream, step_id=step_id)
+
+    def notice(self, content: str, *, step_id: int | None = None) -> None:
+        """A line from the spindle itself about the run (what it skipped, ignored, or why it failed)."""
+        self.data(f"spindle: {content}", stream="stderr", step_id=step_id)
+
+    def control(
+        self,
+        content: str,
+        *,
+        step_id: int | None,
+        step_status: str | None = None,
+        step_command: str | None = None,
+    ) -> None:
+        """A step boundary (step_status start|end) or a note about the log itself."""
+        if len(content) > self.max_line_chars:
+            content = content[: self.max_line_chars] + TRUNCATED_SUFFIX
+        if step_command is not None and len(step_command) > self.max_line_chars:
+            step_command = step_command[: self.max_line_chars] + TRUNCATED_SUFFIX
+        self._add("control", content, step_id=step_id, step_status=step_status, step_command=step_command)
+
+    def _add(
+        self,
+        kind: str,
+        content: str,
+        *,
+        step_id: int | None,
+        stream: str | None = None,
+        step_status: str | None = None,
+        step_command: str | None = None,
+    ) -> None:
+        self._buffer.append(
+            {
+                "workflow_run_id": self.run_id,
+                "kind": kind,
+                "content": content,
+                "stream": stream,
+                "step_id": step_id,
+                "step_status": step_status,
+                "step_command": step_command,
+                "time": utcnow(),
+            }
+        )
+        if len(self._buffer) >= BATCH_LINES:
+            self._full.set()
+
+    async def _flusher(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._full.wait(), FLUSH_INTERVAL)
+            except TimeoutError:
+                pass
+            self._full.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Store the buffered lines in one transaction, then publish them (never the other way)."""
+        while self._buffer:
+            batch, self._buffer = self._buffer, []
+            try:
+                async with self.sessionmaker() as session:
+                    # Multi-row INSERT … RETURNING. Rows of one statement get increasing ids in
+                    # VALUES order, so sorting the returned ids pairs them with the rows;
+                    # asking SQLAlchemy to keep the order makes SQLite insert row by row (10x slower).
+                    ids = sorted(await session.scalars(insert(LogLine).returning(LogLine.id), batch))
+                    await session.commit()
+            except Exception:
+                # A log write must never take the run down with it; the lines are lost, say so.
+                log.exception("could not store %d log lines of run %d", len(batch), self.run_id)
+                continue
+            for row, row_id in zip(batch, ids, strict=True):
+                row["id"] = row_id
+            topic = logs_topic(self.run_id)
+            for start in range(0, len(batch), BATCH_LINES):
+                self.broker.publish(topic, [line_payload(row) for row in batch[start : start + BATCH_LINES]])

@@ -1,0 +1,732 @@
+"""Runs one workflow run: jobs in `needs` order, matrix instances, steps, env files, outputs.
+
+Jobs run one after another (a job starts when every job it needs has finished), each matrix
+combination as its own job instance with fresh directories. Within an instance, steps run in
+order; a failed step fails the job unless `continue-on-error`, later steps run only when their
+`if:` allows (default `success()`). The run ends:
+    success    every job succeeded (or failed under continue-on-error)
+    failed     the first failing step's message and exit code
+    timeout    the first failure was a step or job running past its timeout-minutes
+    cancelled  cancel() was called while work remained: the running step is killed, nothing
+               else starts (steps guarded by always() do not run after a cancel either)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+from app.engine import checkout
+from app.engine.base import Engine, EngineUnavailable, ExecRequest, Workspace
+from app.engine.context import RunSpec, github_context, runner_context, standard_env
+from app.engine.expressions import (
+    Evaluation,
+    ExpressionError,
+    evaluate_condition,
+    evaluate_value,
+    interpolate,
+    to_number,
+    to_string,
+    truthy,
+)
+from app.engine.logs import LogSink
+from app.engine.planner import expand_matrix, instance_name, job_order
+from app.engine.sandbox import base_environment
+from app.engine.workflow import Job, Step, Workflow, WorkflowError, parse_workflow
+from app.runs.models import Status
+
+MAX_FILE_COMMAND_BYTES = 1024 * 1024  # GitHub's limit for a step's outputs
+ACCEPTED_RUNNERS = re.compile(r"^(ubuntu(-.*)?|self-hosted|linux|x64|arm64)$", re.IGNORECASE)
+PROTECTED_ENV = re.compile(r"^(GITHUB_|RUNNER_)")
+SHELLS = {
+    "bash": ("bash --noprofile --norc -eo pipefail {0}", ".sh"),
+    "sh": ("sh -e {0}", ".sh"),
+    "python": ("python {0}", ".py"),
+    "pwsh": ("pwsh -command \". '{0}'\"", ".ps1"),
+}
+
+
+@dataclass
+class Failure:
+    status: Status  # FAILED or TIMEOUT
+    error: str
+    exit_code: int | None = None
+
+
+@dataclass
+class RunOutcome:
+    status: Status
+    error: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass
+class JobResult:
+    result: str  # success | failure | cancelled | skipped (the `needs.<id>.result` values)
+    outputs: dict[str, str] = field(default_factory=dict)
+    failure: Failure | None = None  # what fails the run; None when the failure is allowed
+
+
+@dataclass
+class StepOutcome:
+    outcome: str  # success | failure | cancelled
+    error: str | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    job_timed_out: bool = False
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+class StepError(Exception):
+    """A step that cannot start (bad shell, missing working-directory, expression error)."""
+
+
+class _JobStatus:
+    """success()/failure()/cancelled() for the steps of one job instance."""
+
+    def __init__(self, cancel: asyncio.Event) -> None:
+        self.failed = False
+        self.cancel = cancel
+
+    def success(self) -> bool:
+        return not self.failed and not self.cancel.is_set()
+
+    def failure(self) -> bool:
+        return self.failed
+
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+
+class _NeedsStatus:
+    """success()/failure()/cancelled() for a job's `if:`: about every job it depends on."""
+
+    def __init__(self, results: list[str], cancel: asyncio.Event) -> None:
+        self.results = results
+        self.cancel = cancel
+
+    def success(self) -> bool:
+        return all(r == "success" for r in self.results) and not self.cancel.is_set()
+
+    def failure(self) -> bool:
+        return any(r == "failure" for r in self.results)
+
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+
+def _minutes(value: Any, evaluation: Evaluation, where: str) -> float | None:
+    if value is None:
+        return None
+    number = to_number(evaluate_value(value, evaluation))
+    if not number > 0:
+        raise StepError(f"{where} must be a positive number of minutes, got {to_string(value)!r}")
+    return number
+
+
+def parse_file_command(text: str, what: str) -> dict[str, str]:
+    """`NAME=value` lines and `NAME<<DELIMITER` … `DELIMITER` blocks (GITHUB_ENV, GITHUB_OUTPUT)."""
+    values: dict[str, str] = {}
+    lines = text.replace("\r\n", "\n").split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.strip():
+            continue
+        heredoc = line.find("<<")
+        equals = line.find("=")
+        if heredoc > 0 and (equals == -1 or heredoc < equals):
+            name, delimiter = line[:heredoc], line[heredoc + 2 :]
+            try:
+                end = lines.index(delimiter, i)
+            except ValueError:
+                raise StepError(f"{what}: no line {delimiter!r} closes the value of {name!r}") from None
+            values[name] = "\n".join(lines[i:end])
+            i = end + 1
+        elif equals > 0:
+            values[line[:equals]] = line[equals + 1 :]
+        else:
+            raise StepError(f"{what}: line {line[:80]!r} is neither NAME=value nor NAME<<DELIMITER")
+    return values
+
+
+def _read_limited(path: Path, what: str) -> str:
+    if not path.exists():
+        return ""
+    if path.stat().st_size > MAX_FILE_COMMAND_BYTES:
+        raise StepError(f"{what} is larger than {MAX_FILE_COMMAND_BYTES // 1024} KiB")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def shell_command(shell: str | None, *, path: str) -> tuple[list[str], str]:
+    """(argv template with {0}, script extension) for a step's `shell`."""
+    if shell is None:
+        # GitHub's default on Linux: bash without pipefail, sh where there is no bash.
+        template = "bash -e {0}" if shutil.which("bash", path=path) else "sh -e {0}"
+        return shlex.split(template), ".sh"
+    name = shell.strip()
+    if name in SHELLS:
+        template, extension = SHELLS[name]
+        if name == "python" and not shutil.which("python", path=path):
+            template = "python3 {0}"
+        return shlex.split(template), extension
+    if name in ("cmd", "powershell"):
+        raise StepError(f"shell {name!r} is Windows-only; this spindle runs steps on Linux")
+    if "{0}" in name:
+        return shlex.split(name), ""
+    raise StepError(
+        f"shell {name!r} is not supported: use bash, sh, python, pwsh or a command line with {{0}}"
+    )
+
+
+def _step_label(step: Step) -> str:
+    if step.run is not None:
+        first = next((line.strip() for line in step.run.splitlines() if line.strip()), "")
+        return f"Run {first[:80]}"
+    return f"Run {step.uses}"
+
+
+class WorkflowRunner:
+    """Executes one run on `engine`, writing its log to `logs`; `cancel` stops it."""
+
+    def __init__(self, *, engine: Engine, logs: LogSink, cancel: asyncio.Event, settings: Settings) -> None:
+        self.engine = engine
+        self.logs = logs
+        self.cancel = cancel
+        self.settings = settings
+        self.step_counter = 0
+        self.instance_counter = 0
+        self.interrupted = False  # cancel stopped or skipped some work
+
+    async def run(self, spec: RunSpec) -> RunOutcome:
+        """Run every job; the outcome is what the run's final status says."""
+        self.logs.notice(f"running {spec.path} of {spec.repository} at {spec.sha} ({spec.event_name})")
+        try:
+            self.engine.check()
+        except EngineUnavailable as exc:
+            self.logs.notice(str(exc))
+            return RunOutcome(Status.FAILED, str(exc))
+        self.logs.notice(f"steps run with {self.engine.describe()}")
+        try:
+            workflow = parse_workflow(spec.source, path=spec.path, default_name=spec.path)
+            order = job_order(workflow.jobs)
+        except WorkflowError as exc:
+            error = f"invalid workflow {spec.path}: {exc}"
+            self.logs.notice(error)
+            return RunOutcome(Status.FAILED, error)
+        for key in workflow.ignored:
+            self.logs.notice(f"the workflow key {key!r} is not supported by this spindle and is ignored")
+        results: dict[str, JobResult] = {}
+        first_failure: Failure | None = None
+        try:
+            for job_id in order:
+                if self.cancel.is_set():
+                    self.interrupted = True
+                    results[job_id] = JobResult("cancelled")
+                    continue
+                result = await self._run_job(spec, workflow, workflow.jobs[job_id], results)
+                results[job_id] = result
+                if result.failure is not None and first_failure is None:
+                    first_failure = result.failure
+        finally:
+            await self.engine.destroy(run_id=spec.run_id)
+        if self.cancel.is_set() and self.interrupted:
+            self.logs.notice("the run was cancelled")
+            return RunOutcome(Status.CANCELLED, "the run was cancelled")
+        if first_failure is not None:
+            return RunOutcome(first_failure.status, first_failure.error, first_failure.exit_code)
+        return RunOutcome(Status.SUCCESS)
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _ancestors(workflow: Workflow, job: Job) -> list[str]:
+        seen: list[str] = []
+        stack = list(job.needs)
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.append(current)
+                stack.extend(workflow.jobs[current].needs)
+        return seen
+
+    def _inputs_context(self, spec: RunSpec, workflow: Workflow) -> dict[str, Any]:
+        """`inputs`: strings, except declared boolean and number inputs, which GitHub types."""
+        inputs: dict[str, Any] = {}
+        for name, declared in workflow.inputs.items():
+            if declared.default is not None:
+                inputs[name] = declared.default
+        inputs.update(spec.inputs)
+        for name, declared in workflow.inputs.items():
+            value = inputs.get(name)
+            if isinstance(value, str) and declared.type == "boolean":
+                inputs[name] = value.strip().lower() == "true"
+            elif isinstance(value, str) and declared.type == "number" and value.strip():
+                inputs[name] = to_number(value)
+        return inputs
+
+    async def _run_job(
+        self, spec: RunSpec, workflow: Workflow, job: Job, results: dict[str, JobResult]
+    ) -> JobResult:
+        needs = {n: {"result": results[n].result, "outputs": results[n].outputs} for n in job.needs}
+        base: dict[str, Any] = {
+            "github": github_context(spec, workflow_name=workflow.name, job_id=job.id, workspace=None),
+            "inputs": self._inputs_context(spec, workflow),
+            "needs": needs,
+            "vars": {},
+            "secrets": {},
+        }
+        status = _NeedsStatus([results[a].result for a in self._ancestors(workflow, job)], self.cancel)
+        try:
+            should_run = evaluate_condition(job.if_, Evaluation(base, status))
+        except ExpressionError as exc:
+            return self._job_failure(f"job '{job.id}': if: {exc}")
+        if not should_run:
+            if job.if_ is None:
+                self.logs.notice(f"job '{job.id}' skipped: a job it needs did not succeed")
+            else:
+                self.logs.notice(f"job '{job.id}' skipped: its if: condition is false")
+            return JobResult("skipped")
+        if job.uses is not None:
+            return self._job_failure(
+                f"job '{job.id}' calls the reusable workflow {job.uses!r}, which this spindle does not run"
+            )
+        combinations: list[dict[str, Any]] = [{}]
+        fail_fast = True
+        try:
+            if job.strategy is not None:
+                evaluation = Evaluation(base)
+                if job.strategy.matrix is not None:
+                    matrix = evaluate_value(job.strategy.matrix, evaluation)
+                    combinations = expand_matrix(matrix, f"jobs.{job.id}.strategy.matrix")
+                fail_fast = truthy(evaluate_value(job.strategy.fail_fast, evaluation))
+        except (ExpressionError, WorkflowError) as exc:
+            return self._job_failure(f"job '{job.id}': {exc}")
+
+        instances: list[JobResult] = []
+        stop_reason: str | None = None
+        for index, combination in enumerate(combinations):
+            if self.cancel.is_set():
+                self.interrupted = True
+                instances.append(JobResult("cancelled"))
+                continue
+            if stop_reason is not None:
+                self.logs.notice(f"{instance_name(job.id, combination)} not run: {stop_reason}")
+                instances.append(JobResult("cancelled"))
+                continue
+            strategy = {
+                "fail-fast": fail_fast,
+                "job-index": index,
+                "job-total": len(combinations),
+                "max-parallel": len(combinations),
+            }
+            result = await self._run_instance(spec, workflow, job, base, combination, strategy)
+            instances.append(result)
+            if (
+                result.result == "failure"
+                and result.failure is not None
+                and fail_fast
+                and len(combinations) > 1
+            ):
+                stop_reason = "fail-fast: another combination of this job failed"
+        failures = [r for r in instances if r.result == "failure" and r.failure is not None]
+        outputs: dict[str, str] = {}
+        for instance in instances:
+            outputs.update({k: v for k, v in instance.outputs.items() if v != ""})
+        if failures:
+            return JobResult("failure", outputs, failures[0].failure)
+        if any(r.result == "cancelled" for r in instances):
+            return JobResult("cancelled", outputs)
+        return JobResult("success", outputs)
+
+    def _job_failure(self, error: str) -> JobResult:
+        self.logs.notice(error)
+        return JobResult("failure", failure=Failure(Status.FAILED, error))
+
+    def _log_unsupported(self, job: Job, evaluation: Evaluation, name: str) -> None:
+        try:
+            runs_on = evaluate_value(job.runs_on, evaluation)
+        except ExpressionError:
+            runs_on = job.runs_on
+        labels = (
+            runs_on
+            if isinstance(runs_on, list)
+            else runs_on.get("labels", [])
+            if isinstance(runs_on, dict)
+            else [runs_on]
+        )
+        odd = [
+            to_string(label)
+            for label in labels
+            if label is not None and not ACCEPTED_RUNNERS.match(to_string(label))
+        ]
+        if odd:
+            self.logs.notice(
+                f"{name}: runs-on {', '.join(odd)} is not available here; "
+                "the job runs on this spindle's Linux host"
+            )
+        if job.container is not None:
+            self.logs.notice(f"{name}: container: is not supported; steps run on the host")
+        if job.services is not None:
+            self.logs.notice(f"{name}: services: are not supported; no service containers are started")
+
+    async def _run_instance(
+        self,
+        spec: RunSpec,
+        workflow: Workflow,
+        job: Job,
+        base: dict[str, Any],
+        combination: dict[str, Any],
+        strategy: dict[str, Any],
+    ) -> JobResult:
+        self.instance_counter += 1
+        workspace = await self.engine.create_workspace(
+            run_id=spec.run_id, job_key=f"{self.instance_counter:03d}-{job.id}"
+        )
+        github = github_context(spec, workflow_name=workflow.name, job_id=job.id, workspace=workspace)
+        ctx: dict[str, Any] = {
+            **base,
+            "github": github,
+            "matrix": combination,
+            "strategy": strategy,
+            "runner": runner_context(workspace),
+            "job": {"status": "success"},
+            "steps": {},
+            "env": {},
+        }
+        evaluation = Evaluation(ctx)
+        try:
+            raw_name = job.name if job.name is not None else job.id
+            name = to_string(evaluate_value(raw_name, evaluation))
+        except ExpressionError:
+            name = job.id
+        if combination and "matrix" not in to_string(job.name or ""):
+            name = instance_name(name, combination)
+        self.logs.notice(f"job {name}")
+        self._log_unsupported(job, evaluation, name)
+        try:
+            workflow_env = {k: interpolate(v, evaluation) for k, v in workflow.env.items()}
+            ctx["env"] = dict(workflow_env)
+            job_env = {k: interpolate(v, Evaluation(ctx)) for k, v in job.env.items()}
+            ctx["env"] = {**workflow_env, **job_env}
+            limit = self.settings.job_timeout_minutes
+            minutes = min(_minutes(job.timeout_minutes, evaluation, "timeout-minutes") or limit, limit)
+            allow_failure = truthy(evaluate_value(job.continue_on_error, evaluation))
+        except (ExpressionError, StepError) as exc:
+            return self._job_failure(f"job '{name}': {exc}")
+
+        event_path = workspace.temp / "_github_workflow" / "event.json"
+        event_path.parent.mkdir(parents=True, exist_ok=True)
+        event_path.write_text(json.dumps(spec.event_payload(), indent=2), encoding="utf-8")
+        state = _InstanceState(
+            name=name,
+            workspace=workspace,
+            standard=standard_env(spec, github, workspace),
+            env=ctx["env"],
+            deadline=asyncio.get_running_loop().time() + minutes * 60,
+            minutes=minutes,
+            status=_JobStatus(self.cancel),
+        )
+        for step in job.steps:
+            if self.cancel.is_set():
+                self.interrupted = True
+                break
+            ctx["steps"] = state.steps
+            ctx["job"] = {"status": "failure" if state.status.failed else "success"}
+            ctx["env"] = {**state.env, **state.github_env}
+            outcome = await self._step(spec, workflow, job, step, ctx, state)
+            if outcome is None:
+                continue
+            if outcome.outcome == "cancelled":
+                self.interrupted = True
+                break
+            if outcome.job_timed_out:
+                break
+
+        ctx["steps"] = state.steps
+        outputs: dict[str, str] = {}
+        for key, template in job.outputs.items():
+            try:
+                outputs[key] = interpolate(template, Evaluation(ctx))
+            except ExpressionError as exc:
+                self.logs.notice(f"job '{name}': outputs.{key}: {exc}")
+        if self.cancel.is_set() and self.interrupted:
+            return JobResult("cancelled", outputs)
+        if state.status.failed:
+            if allow_failure:
+                self.logs.notice(f"job '{name}' failed, but continue-on-error lets the run go on")
+                return JobResult("success", outputs)
+            return JobResult("failure", outputs, state.failure)
+        return JobResult("success", outputs)
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    async def _step(
+        self,
+        spec: RunSpec,
+        workflow: Workflow,
+        job: Job,
+        step: Step,
+        ctx: dict[str, Any],
+        state: _InstanceState,
+    ) -> StepOutcome | None:
+        """Decide whether `step` runs, run it, record its outcome; None when it was skipped."""
+        evaluation = Evaluation(ctx, state.status)
+        try:
+            display = interpolate(step.name, evaluation) if step.name else _step_label(step)
+        except ExpressionError:
+            display = step.name or _step_label(step)
+        where = f"step '{display}' of job '{state.name}'"
+        try:
+            should_run = evaluate_condition(step.if_, evaluation)
+        except ExpressionError as exc:
+            outcome = StepOutcome("failure", error=f"{where}: if: {exc}")
+            self.logs.notice(outcome.error or "")
+            self._record(step, outcome, False, state)
+            return outcome
+        if not should_run:
+            reason = (
+                "an earlier step failed" if state.status.failed and step.if_ is None else "its if: is false"
+            )
+            self.logs.notice(f"{where} skipped: {reason}")
+            if step.id:
+                state.steps[step.id] = {"outcome": "skipped", "conclusion": "skipped", "outputs": {}}
+            return None
+        remaining = state.deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            outcome = StepOutcome(
+                "failure", error=f"job '{state.name}' timed out after {state.minutes:g} minutes",
+                timed_out=True, job_timed_out=True,
+            )  # fmt: skip
+            self.logs.notice(outcome.error or "")
+            self._record(step, outcome, False, state)
+            return outcome
+        outcome = await self._execute_step(
+            spec, workflow, job, step, evaluation, state, display, where, remaining
+        )
+        try:
+            allowed = truthy(evaluate_value(step.continue_on_error, evaluation))
+        except ExpressionError as exc:
+            self.logs.notice(f"{where}: continue-on-error: {exc}")
+            allowed = False
+        if outcome.outcome == "failure" and allowed:
+            self.logs.notice(f"{where} failed, but continue-on-error lets the job go on")
+        self._record(step, outcome, allowed, state)
+        return outcome
+
+    def _record(self, step: Step, outcome: StepOutcome, allowed: bool, state: _InstanceState) -> None:
+        conclusion = "success" if outcome.outcome == "failure" and allowed else outcome.outcome
+        if step.id:
+            state.steps[step.id] = {
+                "outcome": outcome.outcome,
+                "conclusion": conclusion,
+                "outputs": outcome.outputs,
+            }
+        if conclusion == "failure":
+            state.status.failed = True
+            if state.failure is None:
+                status = Status.TIMEOUT if outcome.timed_out else Status.FAILED
+                state.failure = Failure(status, outcome.error or "a step failed", outcome.exit_code)
+
+    async def _execute_step(
+        self,
+        spec: RunSpec,
+        workflow: Workflow,
+        job: Job,
+        step: Step,
+        evaluation: Evaluation,
+        state: _InstanceState,
+        display: str,
+        where: str,
+        remaining: float,
+    ) -> StepOutcome:
+        step_id = self.step_counter
+        self.step_counter += 1
+        workspace = state.workspace
+        commands = workspace.temp / "_runner_file_commands"
+        commands.mkdir(exist_ok=True)
+        files = {
+            name: commands / f"{name.lower()}_{step_id}"
+            for name in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_PATH", "GITHUB_STEP_SUMMARY", "GITHUB_STATE")
+        }
+        for path in files.values():
+            path.touch()
+        command_text = step.run if step.run is not None else f"uses: {step.uses}"
+        self.logs.control(display, step_id=step_id, step_status="start", step_command=command_text)
+        try:
+            requests, step_limit = self._prepare(
+                spec, workflow, job, step, evaluation, state, files, remaining
+            )
+        except (StepError, ExpressionError, checkout.CheckoutError) as exc:
+            self.logs.data(f"Error: {exc}", stream="stderr", step_id=step_id)
+            self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)
+            return StepOutcome("failure", error=f"{where}: {exc}")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for request in requests:
+            # A step of several processes (checkout) shares one time limit.
+            request.timeout -= loop.time() - started
+            result = await self.engine.execute(
+                workspace,
+                request,
+                output=lambda stream, line: self.logs.data(line, stream=stream, step_id=step_id),
+                cancel=self.cancel,
+            )
+            if result.error or result.cancelled or result.timed_out or result.exit_code != 0:
+                break
+        if result.error:
+            self.logs.data(f"Error: {result.error}", stream="stderr", step_id=step_id)
+        outcome = StepOutcome("success", exit_code=result.exit_code)
+        if result.cancelled:
+            outcome = StepOutcome("cancelled", error=f"{where} was cancelled", exit_code=result.exit_code)
+            self.logs.data("Error: the step was cancelled", stream="stderr", step_id=step_id)
+        elif result.timed_out:
+            step_bound = step_limit is not None and step_limit * 60 <= remaining
+            message = (
+                f"{where} timed out after {step_limit:g} minutes"
+                if step_bound and step_limit is not None
+                else f"job '{state.name}' timed out after {state.minutes:g} minutes"
+            )
+            self.logs.data(f"Error: {message}", stream="stderr", step_id=step_id)
+            outcome = StepOutcome("failure", error=message, timed_out=True, job_timed_out=not step_bound)
+        elif result.exit_code != 0:
+            self.logs.data(
+                f"Error: Process completed with exit code {result.exit_code}.",
+                stream="stderr",
+                step_id=step_id,
+            )
+            outcome = StepOutcome(
+                "failure",
+                error=f"{where} failed with exit code {result.exit_code}",
+                exit_code=result.exit_code,
+            )
+        if not result.cancelled:
+            try:
+                self._apply_file_commands(files, state, outcome, step_id)
+            except StepError as exc:
+                self.logs.data(f"Error: {exc}", stream="stderr", step_id=step_id)
+                if outcome.outcome == "success":
+                    outcome = StepOutcome("failure", error=f"{where}: {exc}", exit_code=result.exit_code)
+        self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)
+        return outcome
+
+    def _prepare(
+        self,
+        spec: RunSpec,
+        workflow: Workflow,
+        job: Job,
+        step: Step,
+        evaluation: Evaluation,
+        state: _InstanceState,
+        files: dict[str, Path],
+        remaining: float,
+    ) -> tuple[list[ExecRequest], float | None]:
+        """The processes a step runs (one, or two for a checkout) and its own time limit."""
+        workspace = state.workspace
+        env = base_environment(home=workspace.home)
+        env.update(state.standard)
+        env.update({name: str(path) for name, path in files.items()})
+        env["GITHUB_ACTION"] = step.id or f"__run_{step.index}"
+        env.update(state.env)
+        env.update(state.github_env)
+        if state.path_entries:
+            env["PATH"] = ":".join([*reversed(state.path_entries), env["PATH"]])
+        step_ctx = dict(evaluation.contexts)
+        step_ctx["env"] = {**state.env, **state.github_env}
+        step_env: dict[str, str] = {}
+        for key, value in step.env.items():
+            step_env[key] = interpolate(value, Evaluation(step_ctx, evaluation.status))
+            step_ctx["env"] = {**step_ctx["env"], key: step_env[key]}
+        env.update(step_env)
+        step_evaluation = Evaluation(step_ctx, evaluation.status)
+        step_limit = _minutes(step.timeout_minutes, step_evaluation, "timeout-minutes")
+        timeout = min(remaining, step_limit * 60) if step_limit is not None else remaining
+
+        if step.uses is not None:
+            if not checkout.is_checkout(step.uses):
+                raise StepError(
+                    f"the action {step.uses!r} is not supported by this spindle: only actions/checkout "
+                    "runs here (use a run: step instead)"
+                )
+            with_ = {k: evaluate_value(v, step_evaluation) for k, v in step.with_.items()}
+            plan = checkout.plan_checkout(
+                with_=with_,
+                workspace=workspace.workspace,
+                scratch=workspace.temp,
+                clone_url=spec.clone_url,
+                sha=spec.sha,
+                repository=spec.repository,
+            )
+            for note in plan.notes:
+                self.logs.notice(note)
+            plan.dest.mkdir(parents=True, exist_ok=True)
+            return [
+                ExecRequest(plan.fetch, plan.env, workspace.root, timeout, network=True),
+                ExecRequest(plan.place, plan.env, workspace.root, timeout),
+            ], step_limit
+
+        assert step.run is not None
+        script = interpolate(step.run, step_evaluation)
+        shell = step.shell or job.defaults.shell or workflow.defaults.shell
+        if shell is not None:
+            shell = interpolate(shell, step_evaluation)
+        template, extension = shell_command(shell, path=env["PATH"])
+        script_path = workspace.temp / f"{uuid.uuid4()}{extension}"
+        script_path.write_text(script, encoding="utf-8")
+        directory = (
+            step.working_directory or job.defaults.working_directory or workflow.defaults.working_directory
+        )
+        cwd = workspace.workspace
+        if directory:
+            directory = interpolate(directory, step_evaluation)
+            cwd = (workspace.workspace / directory).resolve()
+            if not cwd.is_dir():
+                raise StepError(f"working-directory {directory!r} does not exist")
+        argv = [part.replace("{0}", str(script_path)) for part in template]
+        return [ExecRequest(argv, env, cwd, timeout)], step_limit
+
+    def _apply_file_commands(
+        self, files: dict[str, Path], state: _InstanceState, outcome: StepOutcome, step_id: int
+    ) -> None:
+        """What the step wrote to GITHUB_ENV / GITHUB_OUTPUT / GITHUB_PATH takes effect."""
+        for name, value in parse_file_command(
+            _read_limited(files["GITHUB_ENV"], "GITHUB_ENV"), "GITHUB_ENV"
+        ).items():
+            if PROTECTED_ENV.match(name):
+                self.logs.notice(f"GITHUB_ENV cannot change {name}; ignored", step_id=step_id)
+            elif "\0" in name or not name.strip():
+                self.logs.notice(f"GITHUB_ENV: {name!r} is not a variable name; ignored", step_id=step_id)
+            else:
+                state.github_env[name] = value
+        outcome.outputs.update(
+            parse_file_command(_read_limited(files["GITHUB_OUTPUT"], "GITHUB_OUTPUT"), "GITHUB_OUTPUT")
+        )
+        for line in _read_limited(files["GITHUB_PATH"], "GITHUB_PATH").splitlines():
+            if line.strip():
+                state.path_entries.append(line.strip())
+
+
+@dataclass
+class _InstanceState:
+    """What carries from one step of a job instance to the next."""
+
+    name: str
+    workspace: Workspace
+    standard: dict[str, str]
+    env: dict[str, str]  # workflow env + job env
+    deadline: float
+    minutes: float
+    status: _JobStatus
+    github_env: dict[str, str] = field(default_factory=dict)
+    path_entries: list[str] = field(default_factory=list)
+    steps: dict[str, Any] = field(default_factory=dict)
+    failure: Failure | None = None

@@ -1,0 +1,247 @@
+"""The durable queue: claiming, concurrency, cancel, restart recovery, heartbeats, published logs."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from app.database import utcnow
+from app.engine.queue import CANCELLED_PENDING, RESTART_ERROR, SHUTDOWN_ERROR
+from app.runs.models import Status
+from app.runs.status import EVENTS_TOPIC, logs_topic
+from tests.engine.conftest import Harness
+
+SLEEPER = """
+on: workflow_dispatch
+jobs:
+  a:
+    steps:
+      - run: echo started; sleep 600
+      - run: echo after
+"""
+
+ECHO = """
+on: workflow_dispatch
+jobs:
+  a:
+    steps:
+      - run: echo "run ${{ github.run_id }} done"
+"""
+
+
+def gated(release: Path) -> str:
+    """A workflow that waits until the test creates `release` (needs SANDBOX off to see the file)."""
+    return f"""
+on: workflow_dispatch
+jobs:
+  a:
+    steps:
+      - run: echo waiting; while [ ! -e {release} ]; do sleep 0.05; done; echo released
+"""
+
+
+async def test_cancel_of_a_running_run_kills_its_step_and_ends_cancelled(harness: Harness) -> None:
+    scheduler = await harness.started()
+    run_id = await harness.add_run(SLEEPER)
+    await harness.wait_output(run_id, "started")
+    assert await scheduler.cancel(run_id) is Status.RUNNING
+    run = await harness.wait(run_id)
+    assert (run.status, run.error, run.cancel_requested) == (Status.CANCELLED, "the run was cancelled", True)
+    output = await harness.output(run_id)
+    assert "Error: the step was cancelled" in output and "after" not in output
+    assert [e.status for e in await harness.events(run_id)] == [
+        Status.PENDING,
+        Status.RUNNING,
+        Status.CANCELLED,
+    ]
+    assert not scheduler.active
+
+
+async def test_cancel_of_a_queued_run_ends_it_without_running(harness: Harness) -> None:
+    scheduler = await harness.started(max_jobs=1)
+    busy = await harness.add_run(SLEEPER)
+    await harness.wait_output(busy, "started")
+    queued = await harness.add_run(ECHO)
+    assert await scheduler.cancel(queued) is Status.CANCELLED
+    run = await harness.get(queued)
+    assert (run.status, run.error, run.started_at) == (Status.CANCELLED, CANCELLED_PENDING, None)
+    assert [e.status for e in await harness.events(queued)] == [Status.PENDING, Status.CANCELLED]
+    await scheduler.cancel(busy)
+    assert (await harness.wait(busy)).status is Status.CANCELLED
+    assert await harness.lines(queued) == []
+    assert await scheduler.cancel(queued) is Status.CANCELLED  # cancelling twice changes nothing
+    assert await scheduler.cancel(10_000) is None
+
+
+async def test_cancel_from_another_process_reaches_the_run_through_the_database(
+    any_db_harness: Harness,
+) -> None:
+    harness = any_db_harness
+    owner = await harness.started(instance_id="owner", poll_interval=0.1)
+    other = harness.scheduler(instance_id="other")  # not started: a process that only serves routes
+    run_id = await harness.add_run(SLEEPER)
+    await harness.wait_output(run_id, "started")
+    assert run_id in owner.active and run_id not in other.active
+    assert await other.cancel(run_id) is Status.RUNNING
+    run = await harness.wait(run_id)
+    assert (run.status, run.claimed_by) == (Status.CANCELLED, "owner")
+
+
+async def test_restart_fails_the_runs_this_instance_left_running_and_runs_pending_ones(
+    any_db_harness: Harness,
+) -> None:
+    harness = any_db_harness
+    crashed = await harness.add_run(
+        SLEEPER, status=Status.RUNNING, claimed_by="spindle-1", heartbeat_at=utcnow()
+    )
+    queued = await harness.add_run(ECHO)
+    await harness.started(instance_id="spindle-1")
+    run = await harness.get(crashed)
+    assert (run.status, run.error) == (Status.FAILED, RESTART_ERROR)
+    assert [e.status for e in await harness.events(crashed)] == [
+        Status.PENDING,
+        Status.RUNNING,
+        Status.FAILED,
+    ]
+    done = await harness.wait(queued)
+    assert (done.status, done.claimed_by) == (Status.SUCCESS, "spindle-1")
+    assert f"run {queued} done" in await harness.output(queued)
+
+
+async def test_runs_of_another_instance_fail_only_when_its_heartbeat_is_stale(
+    any_db_harness: Harness,
+) -> None:
+    harness = any_db_harness
+    stale = await harness.add_run(
+        SLEEPER, status=Status.RUNNING, claimed_by="dead-host", heartbeat_at=utcnow() - timedelta(minutes=5)
+    )
+    alive = await harness.add_run(
+        SLEEPER, status=Status.RUNNING, claimed_by="live-host", heartbeat_at=utcnow()
+    )
+    scheduler = await harness.started(instance_id="me")
+    run = await harness.wait(stale)
+    assert run.status is Status.FAILED
+    assert run.error == "the spindle running this run (dead-host) stopped sending heartbeats for over 60 s"
+    assert (await harness.get(alive)).status is Status.RUNNING
+    assert not scheduler.active  # neither run was taken over
+
+
+async def test_at_most_max_jobs_runs_execute_at_once_and_the_rest_wait_their_turn(
+    harness: Harness, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    ids = [await harness.add_run(gated(release)) for _ in range(3)]
+    with harness.broker.subscribe(EVENTS_TOPIC) as events:
+        scheduler = await harness.started(max_jobs=2, sandbox="off")
+        await harness.wait_output(ids[0], "waiting")
+        await harness.wait_output(ids[1], "waiting")
+        await scheduler._tick()  # a claim attempt now must find no free slot
+        assert sorted(scheduler.active) == ids[:2]
+        assert (await harness.get(ids[2])).status is Status.PENDING
+        release.touch()
+        for run_id in ids:
+            assert (await harness.wait(run_id)).status is Status.SUCCESS
+        transitions = [(e["workflowRunId"], e["status"]) for e in events.drain()]
+    running: set[int] = set()
+    most = 0
+    for run_id, status in transitions:
+        if status == "running":
+            running.add(run_id)
+        elif status in ("success", "failed", "cancelled", "timeout"):
+            running.discard(run_id)
+        most = max(most, len(running))
+    assert most == 2
+    third_started = transitions.index((ids[2], "running"))
+    assert any(status == "success" for _, status in transitions[:third_started])
+
+
+async def test_two_schedulers_sharing_a_database_never_run_a_run_twice(any_db_harness: Harness) -> None:
+    harness = any_db_harness
+    ids = [await harness.add_run(ECHO) for _ in range(6)]
+    first = harness.scheduler(instance_id="first", poll_interval=0.05)
+    second = harness.scheduler(instance_id="second", poll_interval=0.05)
+    await asyncio.gather(first.start(), second.start())
+    owners = []
+    for run_id in ids:
+        run = await harness.wait(run_id)
+        assert run.status is Status.SUCCESS
+        owners.append(run.claimed_by)
+        statuses = [e.status for e in await harness.events(run_id)]
+        assert statuses == [Status.PENDING, Status.RUNNING, Status.SUCCESS]
+        assert (await harness.output(run_id)).count(f"run {run_id} done") == 1
+    assert set(owners) <= {"first", "second"}
+
+
+async def test_two_claims_racing_for_one_run_give_it_to_exactly_one(any_db_harness: Harness) -> None:
+    harness = any_db_harness
+    run_id = await harness.add_run(ECHO)
+    first, second = harness.scheduler(instance_id="first"), harness.scheduler(instance_id="second")
+    specs = await asyncio.gather(first._try_claim(run_id), second._try_claim(run_id))
+    winners = [spec for spec in specs if spec is not None]
+    assert len(winners) == 1 and winners[0].run_id == run_id
+    assert [e.status for e in await harness.events(run_id)] == [Status.PENDING, Status.RUNNING]
+
+
+async def test_stop_kills_running_runs_and_records_why_they_failed(harness: Harness) -> None:
+    scheduler = await harness.started()
+    run_id = await harness.add_run(SLEEPER)
+    await harness.wait_output(run_id, "started")
+    await scheduler.stop()
+    run = await harness.get(run_id)
+    assert (run.status, run.error) == (Status.FAILED, SHUTDOWN_ERROR)
+    assert not (harness.tmp_path / "data" / "work" / str(run_id)).exists()
+
+
+async def test_log_lines_are_stored_then_published_as_batches_with_their_row_ids(
+    any_db_harness: Harness,
+) -> None:
+    harness = any_db_harness
+    run_id = await harness.add_run(
+        """
+        on: workflow_dispatch
+        jobs:
+          a:
+            steps:
+              - run: for i in $(seq 1 500); do echo "line $i"; done
+        """
+    )
+    batches: list[list[dict[str, Any]]] = []
+    with harness.broker.subscribe(logs_topic(run_id)) as logs:
+        await harness.started()
+        await harness.wait(run_id)
+        batches = logs.drain()
+    published = [line for batch in batches for line in batch]
+    stored = await harness.lines(run_id)
+    assert [(p["id"], p["content"]) for p in published] == [(row.id, row.content) for row in stored]
+    assert max(len(batch) for batch in batches) <= 200
+    assert set(published[0]) == {
+        "id",
+        "kind",
+        "content",
+        "time",
+        "step_id",
+        "stream",
+        "step_status",
+        "step_command",
+    }
+    data = [p["content"] for p in published if p["kind"] == "data" and p["step_id"] == 0]
+    assert data == [f"line {i}" for i in range(1, 501)]
+    assert published[-1]["time"].endswith("Z")
+
+
+async def test_workspace_of_a_finished_run_is_deleted(harness: Harness) -> None:
+    run = await harness.run(
+        """
+        on: workflow_dispatch
+        jobs:
+          a:
+            steps:
+              - run: echo "$GITHUB_WORKSPACE"; touch "$GITHUB_WORKSPACE/file"
+        """
+    )
+    workspace = Path(next(line for line in await harness.output(run.id) if line.startswith("/")))
+    assert str(run.id) in workspace.parts
+    assert not workspace.exists()
+    assert not (harness.tmp_path / "data" / "work" / str(run.id)).exists()
