@@ -1,0 +1,48 @@
+# The spindle service: `docker build -t spindle .`, or `docker compose up` (docker-compose.yml).
+#
+# Steps run under bubblewrap when it works (SPINDLE_SANDBOX=auto). Inside a container bubblewrap
+# needs user namespaces and a fresh /proc, which Docker's default seccomp/AppArmor profiles and
+# masked /proc paths refuse: docker-compose.yml grants them (security_opt); see the notes there.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# git fetches the repos that workflows check out; bubblewrap confines their steps.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git bubblewrap ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# An unprivileged user: the per-step process limit (RLIMIT_NPROC) does not hold for root.
+RUN groupadd --system --gid 10001 spindle \
+    && useradd --system --uid 10001 --gid spindle --home-dir /var/lib/spindle --shell /usr/sbin/nologin spindle \
+    && install -d -o spindle -g spindle -m 0750 /var/lib/spindle
+
+WORKDIR /srv/spindle
+
+# Dependencies first, in a layer of their own, so that a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Editable, so that app/__init__.py's PROJECT_ROOT (/srv/spindle) finds migrations/ and lexicons/.
+COPY . .
+RUN pip install --no-deps -e . \
+    && spindle --help >/dev/null
+
+USER spindle
+ENV SPINDLE_DATA_DIR=/var/lib/spindle \
+    SPINDLE_LISTEN=0.0.0.0:6555 \
+    HOME=/var/lib/spindle
+VOLUME ["/var/lib/spindle"]
+EXPOSE 6555
+
+# /healthz runs a query, so it fails while the database is unreachable.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('SPINDLE_LISTEN', '0.0.0.0:6555').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+
+CMD ["spindle", "serve"]
