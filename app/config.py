@@ -15,8 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # A DNS name (labels of letters, digits and hyphens) or an IPv4 literal, or a bracketed
 # IPv6 literal, with an optional :port. No scheme, path, userinfo or whitespace.
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
-HOST_RE = re.compile(rf"^(?:(?:{_LABEL}\.)*{_LABEL}|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?$")
-DID_RE = re.compile(r"^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$")
+HOST_RE = re.compile(rf"^(?:(?:{_LABEL}\.)*{_LABEL}|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?\Z")
+DID_RE = re.compile(r"^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]\Z")
 
 
 def is_valid_host(value: str) -> bool:

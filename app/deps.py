@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from fastapi.requests import HTTPConnection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.context import AppContext
 
 
-def get_ctx(request: Request) -> AppContext:
-    return request.app.state.ctx  # type: ignore[no-any-return]
+def get_ctx(conn: HTTPConnection) -> AppContext:
+    # HTTPConnection, not Request: WebSocket routes depend on the context too.
+    return conn.app.state.ctx  # type: ignore[no-any-return]
 
 
 CtxDep = Annotated[AppContext, Depends(get_ctx)]

@@ -20,6 +20,7 @@ from app.identity import router as identity_router
 from app.identity.resolver import DidResolver
 from app.knot.client import KnotClient
 from app.knot.events import KnotEventConsumer
+from app.runs import cancel as runs_cancel
 from app.runs import router as runs_router
 from app.streams import router as streams_router
 from app.streams.broker import Broker
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         knot = KnotClient(http=http, dev=settings.dev, timeout=settings.knot_timeout)
         scheduler = Scheduler(settings=settings, sessionmaker=sessionmaker, broker=broker, knot=knot)
         consumer = KnotEventConsumer(
-            settings=settings, sessionmaker=sessionmaker, knot=knot, scheduler=scheduler
+            settings=settings, sessionmaker=sessionmaker, knot=knot, scheduler=scheduler, broker=broker
         )
         app.state.ctx = AppContext(
             settings=settings,
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(identity_router.router)
     app.include_router(runs_router.router)
+    app.include_router(runs_cancel.router)
     app.include_router(streams_router.router)
 
     @app.get("/healthz")

@@ -30,7 +30,7 @@ SUPPORTED_INPUTS = {"path", "ref", "fetch-depth", "repository"}
 IGNORED_INPUTS = {"token", "ssh-key", "persist-credentials", "clean", "lfs", "submodules", "show-progress",
                   "fetch-tags", "sparse-checkout", "sparse-checkout-cone-mode", "set-safe-directory",
                   "filter", "ssh-known-hosts", "ssh-strict", "ssh-user", "github-server-url"}  # fmt: skip
-TARGET_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64}|(?!-)[\w./-]{1,255})$")
+TARGET_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64}|(?!-)[\w./-]{1,255})\Z")
 
 FETCH_SCRIPT = r"""
 set -e

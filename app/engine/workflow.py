@@ -20,7 +20,7 @@ from app.engine.expressions import to_string
 from app.workflows import parser
 from app.workflows.exceptions import InvalidWorkflow
 
-ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
 MAX_JOBS = 256
 MAX_STEPS = 1000
 

@@ -39,7 +39,7 @@ from app.identity.web import IPAddress, is_public_address, parse_did_web
 log = logging.getLogger(__name__)
 
 # The directory decides which did:plc exist; we only make sure the identifier is safe in a URL path.
-PLC_DID_RE = re.compile(r"^did:plc:[a-z0-9]{1,64}$")
+PLC_DID_RE = re.compile(r"^did:plc:[a-z0-9]{1,64}\Z")
 WELL_KNOWN_PATH = "/.well-known/did.json"
 
 HostResolver = Callable[[str, int], Awaitable[list[str]]]

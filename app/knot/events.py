@@ -1,11 +1,21 @@
 """Knot-dispatched runs: one long-lived subscription to each registered knot's `/events` stream.
 
-A knot emits an `sh.tangled.pipeline` record on its event stream for every push or pull
-request; we act on those for repos registered here, and record them through the same path
-as a manual trigger. Frames are `{"rkey", "nsid", "event"}` and carry no cursor, so the
-cursor we store is our own clock reading (unix ns) when the event was recorded, as Tangled's
-own consumer does; unlike that consumer we store it only after the pipeline is committed, so
-an event that arrives while we stop is replayed at the next start instead of lost.
+    KnotEventConsumer
+      supervisor   every REFRESH_SECONDS: the distinct knots of registered repos → one task each
+                   (`spindle repo add` / `repo remove` in another process start and stop them)
+      per knot     ws(s)://<knot>/events?cursor=<stored - margin>; frames handled in order, one at
+                   a time; reconnect with jittered exponential backoff, forever
+      handle_frame {"rkey", "nsid", "event"}: `sh.tangled.pipeline` only → checks → dispatch.py
+
+A knot replays the events whose `created` (its clock, unix ns) is after `?cursor=`, then sends live
+ones; frames carry no `created`, so the cursor is our estimate of it, stored after each frame is
+handled. Tangled knots mint each event's rkey as a TID at the moment they store it, so its time IS
+the knot's clock and a restart in the middle of a replay resumes exactly; for other rkeys it is our
+clock when the frame arrived (as Tangled's own consumer does). A resume starts CURSOR_SAFETY_NS
+earlier to absorb skew; the replayed events are redeliveries, which record nothing.
+
+An event runs only when the knot it came from is the one it names and (knot, did, repo) is
+registered here. Bad frames are logged and skipped; frames over MAX_FRAME_BYTES are refused.
 """
 
 from __future__ import annotations
@@ -15,32 +25,71 @@ import json
 import logging
 import random
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.asyncio.client import connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocketException
+from websockets.frames import CloseCode
 
 from app.config import Settings
+from app.database import utcnow
 from app.engine.queue import Scheduler
+from app.knot import dispatch as knot_dispatch
 from app.knot.client import KnotClient
 from app.knot.models import KnotCursor
 from app.repos import service as repo_service
+from app.runs.schemas import COMMIT_RE, INPUT_NAME_RE, MAX_INPUT_NAME, MAX_INPUTS, MAX_INPUTS_BYTES
+from app.streams.broker import Broker
 from app.xrpc.errors import InvalidRequest, UpstreamFailure
+from app.xrpc.lexicon import FORMATS
 
 log = logging.getLogger(__name__)
 
 PIPELINE_NSID = "sh.tangled.pipeline"
-# Our clock and the knot's differ; reconnecting this far behind our last reading means an
-# event in flight during a restart is still replayed (a replay of a recorded one is a no-op).
+# Our clock and the knot's differ: a resume starts this far before the stored cursor.
 CURSOR_SAFETY_NS = 60 * 1_000_000_000
-MAX_FRAME_BYTES = 1 << 20
+MAX_FRAME_BYTES = 1 << 20  # a bigger event is refused (logged and skipped)
+# What the connection reads at all: a bigger frame closes it (1009), and the next connection
+# skips past it rather than being fed it again forever.
+MAX_WIRE_BYTES = 4 << 20
+MAX_QUEUED_FRAMES = 4  # read-ahead while an event is being recorded: bounds memory per knot
 REFRESH_SECONDS = 2.0
 BACKOFF_START = 0.5
 BACKOFF_MAX = 60.0
-IDLE_TIMEOUT = 90.0  # no frame nor pong for this long: reconnect
-UPSTREAM_ATTEMPTS = 3
+PING_INTERVAL = 30.0
+PING_TIMEOUT = 90.0  # no pong for this long: the knot is gone, reconnect
+UPSTREAM_ATTEMPTS = 3  # the knot failing to serve an event's files: tries before skipping it
+
+Outcome = Literal["recorded", "redelivered", "ignored", "skipped"]
+
+_is_rkey = FORMATS["record-key"][0]
+_is_tid = FORMATS["tid"][0]
+_TID_ALPHABET = {c: i for i, c in enumerate("234567abcdefghijklmnopqrstuvwxyz")}
+
+
+def tid_time_ns(rkey: str) -> int | None:
+    """The time (unix ns) a TID record key was minted, or None for another kind of key."""
+    if not _is_tid(rkey):
+        return None
+    value = 0
+    for char in rkey:
+        value = (value << 5) | _TID_ALPHABET[char]
+    return (value >> 10) * 1_000  # 53 bits of microseconds, then 10 bits of clock id
+
+
+def cursor_mark(rkey: str, received_ns: int) -> int:
+    """Our estimate of the event's `created` on the knot: its TID time, else our clock now."""
+    minted = tid_time_ns(rkey)
+    # Never later than now: a TID from the future would make a resume skip real events.
+    return received_ns if minted is None else min(minted, received_ns)
+
+
+# -- the sh.tangled.pipeline record, as knots emit it (unknown fields are ignored) -----------------
 
 
 class _Lenient(BaseModel):
@@ -48,36 +97,36 @@ class _Lenient(BaseModel):
 
 
 class TriggerRepo(_Lenient):
-    knot: str
-    did: str
-    repo: str
-    default_branch: str | None = Field(default=None, alias="defaultBranch")
+    knot: str = Field(max_length=300)
+    did: str = Field(max_length=2048)
+    repo: str = Field(max_length=300)
+    default_branch: str | None = Field(default=None, alias="defaultBranch", max_length=255)
 
 
 class PushData(_Lenient):
-    ref: str
-    new_sha: str = Field(alias="newSha")
-    old_sha: str | None = Field(default=None, alias="oldSha")
+    ref: str = Field(max_length=1024)
+    new_sha: str = Field(alias="newSha", max_length=64)
+    old_sha: str | None = Field(default=None, alias="oldSha", max_length=64)
 
 
 class PullRequestData(_Lenient):
-    source_branch: str | None = Field(default=None, alias="sourceBranch")
-    target_branch: str | None = Field(default=None, alias="targetBranch")
-    source_sha: str = Field(alias="sourceSha")
-    action: str | None = None
+    source_branch: str | None = Field(default=None, alias="sourceBranch", max_length=1024)
+    target_branch: str | None = Field(default=None, alias="targetBranch", max_length=1024)
+    source_sha: str = Field(alias="sourceSha", max_length=64)
+    action: str | None = Field(default=None, max_length=64)
 
 
 class ManualInput(_Lenient):
-    key: str
-    value: str
+    key: str = Field(max_length=MAX_INPUT_NAME, pattern=INPUT_NAME_RE.pattern)
+    value: str = Field(max_length=MAX_INPUTS_BYTES)
 
 
 class ManualData(_Lenient):
-    inputs: list[ManualInput] = Field(default_factory=list)
+    inputs: list[ManualInput] = Field(default_factory=list, max_length=MAX_INPUTS)
 
 
 class TriggerMetadata(_Lenient):
-    kind: str
+    kind: Literal["push", "pull_request", "manual"]
     repo: TriggerRepo
     push: PushData | None = None
     pull_request: PullRequestData | None = Field(default=None, alias="pullRequest")
@@ -85,24 +134,62 @@ class TriggerMetadata(_Lenient):
 
 
 class PipelineWorkflow(_Lenient):
-    name: str
+    name: str = Field(max_length=1024)
 
 
 class PipelineRecord(_Lenient):
     trigger_metadata: TriggerMetadata = Field(alias="triggerMetadata")
     workflows: list[PipelineWorkflow] = Field(default_factory=list, max_length=100)
 
-    def commit(self) -> str | None:
-        meta = self.trigger_metadata
-        if meta.kind == "push" and meta.push:
-            return meta.push.new_sha
-        if meta.kind == "pull_request" and meta.pull_request:
-            return meta.pull_request.source_sha
-        return None
-
 
 class SkipEvent(Exception):
-    """The event is well-formed JSON but not for us, or not runnable: log it and move on."""
+    """Well-formed enough to have a place in the stream, but not for us or not runnable."""
+
+
+def parse_pipeline_event(*, knot: str, rkey: str, event: Any) -> knot_dispatch.DispatchedPipeline:
+    """Check one pipeline event that `knot` sent; SkipEvent says why it does not run here."""
+    try:
+        record = PipelineRecord.model_validate(event)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "event"
+        raise SkipEvent(f"not an sh.tangled.pipeline record: {where}: {first['msg']}") from None
+    meta = record.trigger_metadata
+    if meta.repo.knot != knot:
+        raise SkipEvent(f"it names knot {meta.repo.knot!r} but came from {knot!r}")
+    sha: str | None = None
+    if meta.kind == "push":
+        sha = meta.push.new_sha if meta.push else None
+    elif meta.kind == "pull_request":
+        sha = meta.pull_request.source_sha if meta.pull_request else None
+    if meta.kind != "manual":
+        if sha is None or not COMMIT_RE.match(sha):
+            raise SkipEvent(f"a {meta.kind} event without a full commit id ({sha!r})")
+        sha = sha.lower()
+    elif not meta.repo.default_branch:
+        raise SkipEvent("a manual event must name the repo's defaultBranch, the commit it runs at")
+    inputs: dict[str, str] = {}
+    if meta.kind == "manual" and meta.manual:
+        inputs = {i.key: i.value for i in meta.manual.inputs}
+        if (
+            sum(len(k) + len(v.encode("utf-8", "surrogatepass")) for k, v in inputs.items())
+            > MAX_INPUTS_BYTES
+        ):
+            raise SkipEvent(f"manual inputs are larger than {MAX_INPUTS_BYTES // 1024} KiB in total")
+    if not record.workflows:
+        raise SkipEvent("it names no workflow")
+    return knot_dispatch.DispatchedPipeline(
+        knot=knot,
+        rkey=rkey,
+        repo_did=meta.repo.did,
+        repo_name=meta.repo.repo,
+        kind=meta.kind,
+        sha=sha,
+        default_branch=meta.repo.default_branch,
+        names=tuple(w.name for w in record.workflows),
+        inputs=inputs,
+        trigger=meta.model_dump(mode="json", by_alias=True, exclude_none=True),
+    )
 
 
 def events_url(knot: str, *, dev: bool, cursor: int | None) -> str:
@@ -110,6 +197,17 @@ def events_url(knot: str, *, dev: bool, cursor: int | None) -> str:
     scheme = "ws" if dev else "wss"
     url = f"{scheme}://{knot}/events"
     return f"{url}?cursor={cursor}" if cursor else url
+
+
+@dataclass
+class KnotLink:
+    """What the subscription to one knot is doing, for logs, health and tests."""
+
+    connected: bool = False
+    connects: int = 0
+    frames: int = 0
+    recorded: int = 0
+    last_error: str | None = None
 
 
 class KnotEventConsumer:
@@ -122,16 +220,24 @@ class KnotEventConsumer:
         sessionmaker: async_sessionmaker[AsyncSession],
         knot: KnotClient,
         scheduler: Scheduler,
-        refresh_seconds: float = REFRESH_SECONDS,
+        broker: Broker,
+        refresh_seconds: float | None = None,
+        backoff_start: float | None = None,
+        backoff_max: float | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.knot = knot
         self.scheduler = scheduler
-        self.refresh_seconds = refresh_seconds
+        self.broker = broker
+        # Read at construction, not import, so that tests can shorten the module's defaults.
+        self.refresh_seconds = REFRESH_SECONDS if refresh_seconds is None else refresh_seconds
+        self.backoff_start = BACKOFF_START if backoff_start is None else backoff_start
+        self.backoff_max = BACKOFF_MAX if backoff_max is None else backoff_max
+        self.links: dict[str, KnotLink] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._skip_to: dict[str, int] = {}
         self._supervisor: asyncio.Task[None] | None = None
-        self.connected: dict[str, bool] = {}
 
     async def start(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise(), name="knot-events-supervisor")
@@ -148,133 +254,157 @@ class KnotEventConsumer:
         """Start subscriptions for newly registered knots and stop those no repo uses any more."""
         async with self.sessionmaker() as session:
             wanted = set(await repo_service.knots(session=session))
-        for knot in wanted - self._tasks.keys():
-            log.info("subscribing to knot %s events", knot)
-            self._tasks[knot] = asyncio.create_task(self._follow(knot), name=f"knot-events:{knot}")
-        for knot in self._tasks.keys() - wanted:
-            log.info("unsubscribing from knot %s events: no registered repo uses it", knot)
-            self._tasks.pop(knot).cancel()
-            self.connected.pop(knot, None)
+        for knot in sorted(wanted):
+            task = self._tasks.get(knot)
+            if task is None or task.done():
+                log.info("knot %s: subscribing to its events", knot)
+                self.links.setdefault(knot, KnotLink())
+                self._tasks[knot] = asyncio.create_task(self._follow(knot), name=f"knot-events:{knot}")
+        for knot in sorted(self._tasks.keys() - wanted):
+            log.info("knot %s: unsubscribing, no registered repo uses it", knot)
+            task = self._tasks.pop(knot)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self.links.pop(knot, None)
+            self._skip_to.pop(knot, None)
+            # Events for unregistered repos are ignored anyway: a later `repo add` starts afresh
+            # instead of replaying everything the knot said while nobody here cared.
+            await self._forget_cursor(knot)
 
     async def _supervise(self) -> None:
         while True:
             try:
                 await self.refresh()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("could not read the registered knots; retrying")
             await asyncio.sleep(self.refresh_seconds)
 
     async def _follow(self, knot: str) -> None:
         """Connect, read, and reconnect with jittered exponential backoff, forever."""
-        backoff = BACKOFF_START
+        link = self.links.setdefault(knot, KnotLink())
+        backoff = self.backoff_start
         while True:
+            frames_before = link.frames
             try:
-                got_frames = await self._connection(knot)
-                if got_frames:
-                    backoff = BACKOFF_START
-            except asyncio.CancelledError:
-                raise
+                await self._connection(knot, link)
+                link.last_error = "the knot closed the stream"
             except (OSError, TimeoutError, WebSocketException) as exc:
-                log.warning("knot %s events: %s", knot, exc or type(exc).__name__)
-            except Exception:
+                link.last_error = f"{type(exc).__name__}: {exc}"
+                if (
+                    isinstance(exc, ConnectionClosed)
+                    and exc.sent
+                    and exc.sent.code == CloseCode.MESSAGE_TOO_BIG
+                ):
+                    log.error("knot %s sent a frame over %d bytes: skipping past it", knot, MAX_WIRE_BYTES)
+                    self._skip_to[knot] = time.time_ns()
+            except Exception as exc:
+                link.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("knot %s events: unexpected error", knot)
             finally:
-                self.connected[knot] = False
+                link.connected = False
+            if link.frames > frames_before:
+                backoff = self.backoff_start
             delay = backoff * (1 + random.random() / 2)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            log.warning("knot %s events: %s; reconnecting in %.1f s", knot, link.last_error, delay)
+            backoff = min(backoff * 2, self.backoff_max)
             await asyncio.sleep(delay)
 
-    async def _connection(self, knot: str) -> bool:
-        cursor = await self._load_cursor(knot)
-        url = events_url(
-            knot, dev=self.settings.dev, cursor=max(cursor - CURSOR_SAFETY_NS, 1) if cursor else None
-        )
-        got_frames = False
+    async def _connection(self, knot: str, link: KnotLink) -> None:
+        stored = await self._load_cursor(knot)
+        cursor = max(stored - CURSOR_SAFETY_NS, 1) if stored else None
+        if knot in self._skip_to:
+            cursor = max(cursor or 0, self._skip_to[knot])
+        url = events_url(knot, dev=self.settings.dev, cursor=cursor)
         async with connect(
             url,
             open_timeout=self.settings.knot_timeout,
-            max_size=MAX_FRAME_BYTES,
-            ping_interval=30,
-            ping_timeout=IDLE_TIMEOUT,
+            max_size=MAX_WIRE_BYTES,
+            max_queue=MAX_QUEUED_FRAMES,
+            ping_interval=PING_INTERVAL,
+            ping_timeout=PING_TIMEOUT,
             close_timeout=2,
+            proxy=None,
+            user_agent_header="tangled-spindle",
         ) as ws:
-            self.connected[knot] = True
-            log.info("connected to %s", url)
-            async for frame in ws:
-                got_frames = True
+            link.connected = True
+            link.connects += 1
+            log.info("knot %s: reading %s", knot, url)
+            if stored is None:
+                # From now on nothing is missed: a drop before the first event resumes from here.
+                await self._store_cursor(knot, time.time_ns())
+            while True:
+                try:
+                    frame = await ws.recv(decode=False)
+                except ConnectionClosedOK:
+                    return
                 received_ns = time.time_ns()
-                if isinstance(frame, bytes):
-                    continue
-                await self.handle_frame(knot, frame, received_ns=received_ns)
-        return got_frames
+                link.frames += 1
+                self._skip_to.pop(knot, None)
+                if await self.handle_frame(knot, frame, received_ns=received_ns) == "recorded":
+                    link.recorded += 1
 
-    async def handle_frame(self, knot: str, frame: str, *, received_ns: int) -> None:
-        """Record a pipeline event (or skip it with a log line), then store the cursor."""
+    async def handle_frame(self, knot: str, frame: bytes | str, *, received_ns: int) -> Outcome:
+        """Record a pipeline event, or say in the log why not; then store the cursor."""
+        size = len(frame.encode() if isinstance(frame, str) else frame)
+        if size > MAX_FRAME_BYTES:
+            log.warning("knot %s: refused a frame of %d bytes (at most %d)", knot, size, MAX_FRAME_BYTES)
+            return "skipped"
         try:
             message = json.loads(frame)
-            if not isinstance(message, dict):
-                raise SkipEvent("frame is not a JSON object")
-            if message.get("nsid") != PIPELINE_NSID:
-                return
-            await self._record(knot, message)
-        except (SkipEvent, ValueError) as exc:
-            log.warning("knot %s: skipped event: %s", knot, exc)
-        await self._store_cursor(knot, received_ns)
-
-    async def _record(self, knot: str, message: dict[str, Any]) -> None:
-        from app.runs import service as run_service  # the trigger's recording path
-
-        rkey = message.get("rkey")
-        if not isinstance(rkey, str) or not run_service.RKEY_RE.match(rkey):
-            raise SkipEvent(f"invalid rkey {rkey!r}")
-        try:
-            record = PipelineRecord.model_validate(message.get("event"))
-        except ValidationError as exc:
-            raise SkipEvent(f"{rkey}: not an sh.tangled.pipeline record: {exc.errors()[0]['msg']}") from None
-        repo = record.trigger_metadata.repo
-        if repo.knot != knot:
-            raise SkipEvent(f"{rkey}: names knot {repo.knot!r} but came from {knot!r}")
-        sha = record.commit()
-        if sha is None:
-            raise SkipEvent(f"{rkey}: {record.trigger_metadata.kind} event without a commit")
-        async with self.sessionmaker() as session:
-            registered = await repo_service.find(session=session, knot=knot, did=repo.did, name=repo.repo)
-        if registered is None:
-            raise SkipEvent(f"{rkey}: {repo.did}/{repo.repo} is not registered on this spindle")
-        inputs = {}
-        if record.trigger_metadata.manual:
-            inputs = {i.key: i.value for i in record.trigger_metadata.manual.inputs}
-        stems = [
-            w.name.rsplit(".", 1)[0] if w.name.endswith((".yml", ".yaml")) else w.name
-            for w in record.workflows
-        ]
-        for attempt in range(UPSTREAM_ATTEMPTS):
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+            log.warning("knot %s: skipped a frame that is not JSON", knot)
+            return "skipped"
+        rkey = message.get("rkey") if isinstance(message, dict) else None
+        if not isinstance(rkey, str) or not _is_rkey(rkey):
+            # Without a record key there is no telling where in the stream it was: no cursor move.
+            log.warning("knot %s: skipped a frame without a valid rkey", knot)
+            return "skipped"
+        outcome: Outcome = "ignored"
+        if message.get("nsid") == PIPELINE_NSID:
             try:
-                created = await run_service.record_dispatched(
+                outcome = await self._pipeline(knot, rkey, message.get("event"))
+            except SkipEvent as exc:
+                log.warning("knot %s: skipped pipeline %s: %s", knot, rkey, exc)
+                outcome = "skipped"
+        await self._store_cursor(knot, cursor_mark(rkey, received_ns))
+        return outcome
+
+    async def _pipeline(self, knot: str, rkey: str, event: Any) -> Outcome:
+        dispatch = parse_pipeline_event(knot=knot, rkey=rkey, event=event)
+        async with self.sessionmaker() as session:
+            registered = await repo_service.find(
+                session=session, knot=knot, did=dispatch.repo_did, name=dispatch.repo_name
+            )
+        if registered is None:
+            log.info(
+                "knot %s: ignored pipeline %s of %s/%s: not registered here",
+                knot,
+                rkey,
+                dispatch.repo_did,
+                dispatch.repo_name,
+            )
+            return "ignored"
+        for attempt in range(1, UPSTREAM_ATTEMPTS + 1):
+            try:
+                result = await knot_dispatch.record_dispatched(
                     sessionmaker=self.sessionmaker,
                     knot_client=self.knot,
-                    settings=self.settings,
-                    knot=knot,
-                    rkey=rkey,
-                    repo_did=repo.did,
-                    repo_name=repo.repo,
-                    sha=sha,
-                    kind=record.trigger_metadata.kind,
-                    trigger=message["event"]["triggerMetadata"],
-                    stems=stems,
-                    inputs=inputs,
+                    broker=self.broker,
+                    scheduler=self.scheduler,
+                    dispatch=dispatch,
                 )
-                break
-            except UpstreamFailure as exc:
-                if attempt + 1 == UPSTREAM_ATTEMPTS:
-                    raise SkipEvent(f"{rkey}: knot failed {UPSTREAM_ATTEMPTS} times: {exc.message}") from None
-                await asyncio.sleep(BACKOFF_START * 2**attempt)
             except InvalidRequest as exc:
-                raise SkipEvent(f"{rkey}: {exc.message}") from None
-        if created:
-            self.scheduler.wake()
+                raise SkipEvent(exc.message) from None
+            except UpstreamFailure as exc:
+                if attempt == UPSTREAM_ATTEMPTS:
+                    raise SkipEvent(f"the knot failed {attempt} times: {exc.message}") from None
+                log.warning("knot %s pipeline %s: %s; trying again", knot, rkey, exc.message)
+                await asyncio.sleep(self.backoff_start * 2**attempt)
+                continue
+            if result.created:
+                return "recorded"
+            return "redelivered" if result.pipeline is not None else "skipped"
+        raise AssertionError("unreachable")
 
     async def _load_cursor(self, knot: str) -> int | None:
         async with self.sessionmaker() as session:
@@ -282,10 +412,21 @@ class KnotEventConsumer:
             return row.cursor if row else None
 
     async def _store_cursor(self, knot: str, cursor: int) -> None:
+        """Where the next connection resumes: the last handled frame's mark, not a running maximum
+        (a first reading of our clock is replaced by the knot's own once a TID arrives)."""
         async with self.sessionmaker() as session:
-            row = await session.get(KnotCursor, knot)
-            if row is None:
+            changed = await session.execute(
+                update(KnotCursor).where(KnotCursor.knot == knot).values(cursor=cursor, updated_at=utcnow())
+            )
+            if not changed.rowcount:  # type: ignore[attr-defined]
                 session.add(KnotCursor(knot=knot, cursor=cursor))
-            elif cursor > row.cursor:
-                row.cursor = cursor
+            try:
+                await session.commit()
+            except IntegrityError:
+                # Another spindle process sharing the database stored it first: as good a place.
+                await session.rollback()
+
+    async def _forget_cursor(self, knot: str) -> None:
+        async with self.sessionmaker() as session:
+            await session.execute(delete(KnotCursor).where(KnotCursor.knot == knot))
             await session.commit()

@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Enum,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -122,11 +123,11 @@ class LogLine(Base):
     """One Tangled-compatible log line of a workflow run, in order of id."""
 
     __tablename__ = "log_line"
+    # (run, id): watchers page through one run's lines in id order without sorting them all.
+    __table_args__ = (Index("ix_log_line_workflow_run_id", "workflow_run_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    workflow_run_id: Mapped[int] = mapped_column(
-        ForeignKey("workflow_run.id", ondelete="CASCADE"), index=True
-    )
+    workflow_run_id: Mapped[int] = mapped_column(ForeignKey("workflow_run.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))  # data | control
     content: Mapped[str] = mapped_column(Text)
     stream: Mapped[str | None] = mapped_column(String(16))  # stdout | stderr

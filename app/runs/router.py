@@ -1,5 +1,36 @@
-"""Routes. (Skeleton: being written.)"""
+"""XRPC procedures on runs: the manual trigger."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from app.auth.deps import service_auth
+from app.deps import CtxDep, SessionDep
+from app.runs import schemas, service
+from app.xrpc.body import read_json_object
 
 router = APIRouter()
+
+TriggerIssuerDep = Annotated[str, Depends(service_auth(schemas.TRIGGER_NSID))]
+
+
+@router.post(f"/xrpc/{schemas.TRIGGER_NSID}")
+async def trigger(
+    request: Request, issuer: TriggerIssuerDep, ctx: CtxDep, session: SessionDep
+) -> JSONResponse:
+    """Run a repo's workflows at a commit; the body is read only after the token is verified."""
+    body = await read_json_object(request, max_bytes=schemas.MAX_BODY_BYTES)
+    req = schemas.parse_trigger_input(body)
+    out = await service.trigger(
+        session=session,
+        knot=ctx.knot,
+        settings=ctx.settings,
+        broker=ctx.broker,
+        scheduler=ctx.scheduler,
+        actor=issuer,
+        req=req,
+    )
+    return JSONResponse(out.model_dump())

@@ -1,5 +1,266 @@
-"""Routes. (Skeleton: being written.)"""
+"""Live logs, status and events of runs: WebSocket, Server-Sent Events, text and a run page.
 
-from fastapi import APIRouter
+    GET /logs/{knot}/{rkey}/{workflow}     WebSocket: Tangled JSON log lines, then close (1000)
+                                           plain HTTP: the log so far as text
+    GET /status/{knot}/{rkey}/{workflow}   JSON status; `Accept: text/event-stream` for SSE
+    GET /events?cursor=N                   WebSocket: sh.tangled.pipeline.status frames after
+                                           event id N (or Unix nanoseconds, as Tangled's appview
+                                           sends), then live; without a cursor, live only
+    GET /runs/{knot}/{rkey}                the run page (HTML)
 
-router = APIRouter()
+Knots carry ports (`127.0.0.1:5555`); `{knot}` matches any single path segment, ':' included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, Mapping
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, WebSocket
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.websockets import WebSocketDisconnect
+
+from app.deps import CtxDep
+from app.runs import service as runs_service
+from app.runs.models import Status, WorkflowRun
+from app.streams import page, service, watch
+from app.streams.feeds import Feeds
+from app.xrpc.errors import InvalidRequest, NotFound, XrpcError
+
+router = APIRouter(tags=["streams"])
+
+KEEPALIVE_SECONDS = 15.0
+SSE_RETRY_MS = 3000
+STATIC_FILES = {"run.js": "text/javascript; charset=utf-8", "run.css": "text/css; charset=utf-8"}
+TEXT_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+
+def get_feeds(ctx: CtxDep) -> Feeds:
+    """This process's database feeds, made on first use (they hold no resources while idle)."""
+    feeds = ctx.extras.get("stream_feeds")
+    if feeds is None:
+        feeds = ctx.extras["stream_feeds"] = Feeds(sessionmaker=ctx.sessionmaker, broker=ctx.broker)
+    return feeds  # type: ignore[no-any-return]
+
+
+FeedsDep = Annotated[Feeds, Depends(get_feeds)]
+
+
+def _no_run(knot: str, rkey: str, workflow: str) -> NotFound:
+    return NotFound(f"no workflow {workflow!r} in pipeline {rkey!r} of knot {knot!r}")
+
+
+async def _find_run(ctx: CtxDep, knot: str, rkey: str, workflow: str) -> WorkflowRun | None:
+    # A short session of its own: streams outlive requests, and must not hold a connection.
+    async with ctx.sessionmaker() as session:
+        return await service.find_run(session=session, knot=knot, rkey=rkey, workflow=workflow)
+
+
+async def _deny(websocket: WebSocket, error: XrpcError) -> None:
+    """Refuse the handshake with an XRPC error body, or close with 4000 + status where we can't."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error.to_response())
+        return
+    await websocket.accept()
+    await websocket.close(code=4000 + error.status_code, reason=error.message[:120])
+
+
+async def _serve(websocket: WebSocket, frames: AsyncGenerator[str, None], *, reason: str) -> None:
+    """Send `frames`, then close normally; stop as soon as the client goes away."""
+
+    async def pump() -> None:
+        async with contextlib.aclosing(frames):
+            async for frame in frames:
+                await websocket.send_text(frame)
+        await websocket.close(code=1000, reason=reason)
+
+    async def client_gone() -> None:
+        # What the client sends is ignored; reading is how a disconnect is noticed.
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(client_gone())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        # A client that leaves mid-send is not an error of ours.
+        if isinstance(result, BaseException) and not isinstance(
+            result, asyncio.CancelledError | WebSocketDisconnect
+        ):
+            raise result
+
+
+# --- logs --------------------------------------------------------------------------------
+
+
+@router.websocket("/logs/{knot}/{rkey}/{workflow}")
+async def logs_socket(
+    websocket: WebSocket, knot: str, rkey: str, workflow: str, ctx: CtxDep, feeds: FeedsDep
+) -> None:
+    run = await _find_run(ctx, knot, rkey, workflow)
+    if run is None:
+        await _deny(websocket, _no_run(knot, rkey, workflow))
+        return
+    await websocket.accept()
+
+    async def frames() -> AsyncGenerator[str, None]:
+        batches = watch.follow_logs(
+            sessionmaker=ctx.sessionmaker, broker=ctx.broker, feeds=feeds, run_id=run.id
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for item in batch:
+                    yield service.encode_log_line(item)
+
+    await _serve(websocket, frames(), reason="log stream complete")
+
+
+@router.get("/logs/{knot}/{rkey}/{workflow}")
+async def logs_text(knot: str, rkey: str, workflow: str, ctx: CtxDep) -> StreamingResponse:
+    """The log so far as text: one line per data line, step starts and ends marked."""
+    run = await _find_run(ctx, knot, rkey, workflow)
+    if run is None:
+        raise _no_run(knot, rkey, workflow)
+
+    async def lines() -> AsyncGenerator[str, None]:
+        after = 0
+        while True:
+            async with ctx.sessionmaker() as session:
+                items = await service.log_items_after(session=session, run_id=run.id, after=after)
+            if items:
+                yield "".join(service.render_log_line(item) + "\n" for item in items)
+                after = int(items[-1]["id"])
+            if len(items) < service.PAGE_SIZE:
+                return
+
+    return StreamingResponse(lines(), media_type="text/plain; charset=utf-8", headers=TEXT_HEADERS)
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+def _wants_event_stream(accept: str | None) -> bool:
+    return any(part.split(";")[0].strip() == "text/event-stream" for part in (accept or "").split(","))
+
+
+def _sse(item: Mapping[str, Any]) -> str:
+    data = json.dumps(service.transition(item), ensure_ascii=False)
+    return f"id: {item['id']}\ndata: {data}\n\n"
+
+
+@router.get("/status/{knot}/{rkey}/{workflow}", response_model=None)
+async def run_status(
+    request: Request,
+    knot: str,
+    rkey: str,
+    workflow: str,
+    ctx: CtxDep,
+    feeds: FeedsDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The run's status as JSON, or as Server-Sent Events: now, each transition, then the end."""
+    run = await _find_run(ctx, knot, rkey, workflow)
+    if run is None:
+        raise _no_run(knot, rkey, workflow)
+    if not _wants_event_stream(request.headers.get("accept")):
+        async with ctx.sessionmaker() as session:
+            events = await service.status_items_after(session=session, after=0, run_id=run.id)
+        return JSONResponse(
+            service.status_document(settings=ctx.settings, run=run, pipeline=run.pipeline, events=events)
+        )
+
+    resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+    if resume is not None and Status(run.status).is_finished:
+        async with ctx.sessionmaker() as session:
+            latest = await service.latest_status_item(session=session, run_id=run.id)
+        if latest is None or resume >= int(latest["id"]):
+            # An EventSource reconnects after the stream ends; 204 tells it there is nothing more.
+            return Response(status_code=204)
+
+    async def stream() -> AsyncGenerator[str, None]:
+        yield f"retry: {SSE_RETRY_MS}\n\n"
+        batches = watch.follow_status(
+            sessionmaker=ctx.sessionmaker,
+            broker=ctx.broker,
+            feeds=feeds,
+            run_id=run.id,
+            after=resume,
+            idle=KEEPALIVE_SECONDS,
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                yield "".join(_sse(item) for item in batch) if batch else ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+def _cursor(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    # Below 2**63: it is compared with BIGINT ids.
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
+        raise InvalidRequest(
+            f"cursor must be an event id or Unix nanoseconds (an integer from 0 to 2^63-1), not {raw[:40]!r}"
+        )
+    return int(raw)
+
+
+@router.websocket("/events")
+async def events_socket(websocket: WebSocket, ctx: CtxDep, feeds: FeedsDep) -> None:
+    try:
+        cursor = _cursor(websocket.query_params.get("cursor"))
+    except InvalidRequest as exc:
+        await _deny(websocket, exc)
+        return
+    following = watch.follow_events(
+        sessionmaker=ctx.sessionmaker, broker=ctx.broker, feeds=feeds, cursor=cursor
+    )
+    async with following as batches:
+        # Accepted only once subscribed: whatever happens after the handshake is sent.
+        await websocket.accept()
+
+        async def frames() -> AsyncGenerator[str, None]:
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    for item in batch:
+                        yield json.dumps(service.event_frame(item), ensure_ascii=False)
+
+        await _serve(websocket, frames(), reason="event stream ended")
+
+
+# --- run page ----------------------------------------------------------------------------
+
+
+@router.get("/static/{name}", include_in_schema=False)
+async def static_file(name: str) -> Response:
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise NotFound(f"no static file {name!r}")
+    body = resources.files("app").joinpath("static", name).read_bytes()
+    return Response(body, media_type=media_type, headers={"Cache-Control": "public, max-age=300"})
+
+
+@router.get("/runs/{knot}/{rkey}", response_class=HTMLResponse)
+async def run_page(knot: str, rkey: str, ctx: CtxDep) -> HTMLResponse:
+    """The pipeline's workflows, each with a live status badge and log."""
+    async with ctx.sessionmaker() as session:
+        pipeline = await runs_service.find_pipeline(session=session, knot=knot, rkey=rkey)
+    headers = {"Content-Security-Policy": page.CSP, "X-Content-Type-Options": "nosniff"}
+    if pipeline is None:
+        return HTMLResponse(page.not_found(knot, rkey), status_code=404, headers=headers)
+    return HTMLResponse(page.render(pipeline), headers=headers)

@@ -117,7 +117,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_log_line")),
     )
     with op.batch_alter_table("log_line", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_log_line_workflow_run_id"), ["workflow_run_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_log_line_workflow_run_id"), ["workflow_run_id", "id"], unique=False
+        )
 
     op.create_table(
         "status_event",

@@ -1,0 +1,218 @@
+"""Following a run's log, a run's status, or every transition: history first, then live.
+
+Each follower subscribes to the broker *before* reading the database, so nothing committed in
+between is lost; it then reads the rows after the last id it yielded, and from then on waits
+on the broker, which this process's engine and the shared database feeds (feeds.py) both
+publish to. Items are deduplicated by row id. A follower that falls behind is dropped by the
+broker; it then resubscribes and catches up from the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.runs.status import EVENTS_TOPIC
+from app.streams import feeds as feeds_
+from app.streams import service
+from app.streams.broker import Broker, Subscription
+
+Batch = list[Mapping[str, Any]]
+
+
+class _Topics:
+    """A subscription that is renewed when the broker drops it; the caller then catches up."""
+
+    def __init__(self, broker: Broker, *topics: Hashable) -> None:
+        self.broker = broker
+        self.topics = topics
+        self.sub: Subscription = broker.subscribe(*topics)
+        self._renewed = False
+
+    async def next(self, timeout: float | None = None) -> tuple[Hashable, Any] | None:
+        """The next (topic, item); None after `timeout` seconds, or after a renewal."""
+        if not self.sub.overflowed:
+            entry = await self.sub.next(timeout)
+            if not self.sub.overflowed:
+                return entry
+        self.sub.close()
+        self.sub = self.broker.subscribe(*self.topics)
+        self._renewed = True
+        return None
+
+    def take_renewed(self) -> bool:
+        """True once after each renewal: what was queued is gone, read the database."""
+        renewed, self._renewed = self._renewed, False
+        return renewed
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+def _as_list(item: Any) -> list[Mapping[str, Any]]:
+    return item if isinstance(item, list) else [item]
+
+
+async def _pages(
+    sessionmaker: async_sessionmaker[AsyncSession], seen: service.SeenIds, read: feeds_.Reader
+) -> AsyncGenerator[Batch, None]:
+    """Pages of rows not seen yet; each read in a short session, none held while the caller sends."""
+    while True:
+        async with sessionmaker() as session:
+            items = await read(session, seen.floor)
+        fresh = seen.fresh(items)
+        if fresh:
+            yield fresh
+        if len(items) < service.PAGE_SIZE:
+            return
+
+
+async def follow_logs(
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    broker: Broker,
+    feeds: feeds_.Feeds,
+    run_id: int,
+) -> AsyncGenerator[Batch, None]:
+    """Batches of the run's log items, oldest first; ends once the run finished and all were sent."""
+    seen = service.SeenIds()
+    logs_spec, status_spec = feeds_.logs_feed(run_id), feeds_.status_feed(run_id)
+    topics = _Topics(broker, logs_spec.topic, status_spec.topic)
+
+    async def state() -> tuple[bool, int]:
+        # Read before the lines: a run seen finished has all its lines committed.
+        async with sessionmaker() as session:
+            finished = (await service.run_status(session=session, run_id=run_id)).is_finished
+            latest = await service.latest_status_item(session=session, run_id=run_id)
+        return finished, int(latest["id"]) if latest else 0
+
+    try:
+        finished, status_after = await state()
+        async for batch in _pages(sessionmaker, seen, logs_spec.read):
+            yield batch
+        if finished:
+            return
+        with feeds.hold(logs_spec, after=seen.last), feeds.hold(status_spec, after=status_after):
+            while True:
+                entry = await topics.next()
+                if entry is not None:
+                    topic, item = entry
+                    if topic == logs_spec.topic:
+                        fresh = seen.fresh(_as_list(item))
+                        if fresh:
+                            yield fresh
+                        continue
+                    if not any(service.is_finished(i) for i in _as_list(item)):
+                        continue
+                # The run finished, or the broker dropped us: the database has the rest.
+                topics.take_renewed()
+                finished, _ = await state()
+                async for batch in _pages(sessionmaker, seen, logs_spec.read):
+                    yield batch
+                if finished:
+                    return
+    finally:
+        topics.close()
+
+
+async def follow_status(
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    broker: Broker,
+    feeds: feeds_.Feeds,
+    run_id: int,
+    after: int | None = None,
+    idle: float | None = None,
+) -> AsyncGenerator[Batch, None]:
+    """The run's current transition (or every one after `after`), then each new one; ends when finished.
+
+    After `idle` seconds without a transition it yields an empty batch, for keep-alives.
+    """
+    seen = service.SeenIds(after or 0)
+    spec = feeds_.status_feed(run_id)
+    topics = _Topics(broker, spec.topic)
+
+    async def catch_up() -> Batch:
+        if after is None and seen.last == 0:
+            async with sessionmaker() as session:
+                latest = await service.latest_status_item(session=session, run_id=run_id)
+            return seen.fresh([latest] if latest else [])
+        # A run has a handful of transitions: one page holds them all.
+        return [item async for batch in _pages(sessionmaker, seen, spec.read) for item in batch]
+
+    try:
+        batch = await catch_up()
+        if batch:
+            yield batch
+            if service.is_finished(batch[-1]):
+                return
+        with feeds.hold(spec, after=seen.last):
+            while True:
+                entry = await topics.next(idle)
+                if topics.take_renewed():
+                    batch = await catch_up()
+                elif entry is None:
+                    yield []
+                    continue
+                else:
+                    batch = seen.fresh(_as_list(entry[1]))
+                if batch:
+                    yield batch
+                    if service.is_finished(batch[-1]):
+                        return
+    finally:
+        topics.close()
+
+
+@contextlib.asynccontextmanager
+async def follow_events(
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    broker: Broker,
+    feeds: feeds_.Feeds,
+    cursor: int | None,
+) -> AsyncIterator[AsyncGenerator[Batch, None]]:
+    """Every transition of every run after `cursor` (an event id, or Unix nanoseconds), then live.
+
+    Without a cursor only transitions after entering are sent, as Tangled's spindle does; entering
+    subscribes and fixes that point, so callers enter before telling a client it is connected.
+    """
+    topics = _Topics(broker, EVENTS_TOPIC)
+    try:
+        async with sessionmaker() as session:
+            if cursor is None:
+                start = await service.last_event_id(session=session)
+            elif cursor >= service.NANOSECOND_CURSOR:
+                since = service.nanoseconds_to_datetime(cursor)
+                start = await service.event_id_before(session=session, since=since)
+            else:
+                start = cursor
+        yield _events(sessionmaker=sessionmaker, feeds=feeds, topics=topics, start=start)
+    finally:
+        topics.close()
+
+
+async def _events(
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    feeds: feeds_.Feeds,
+    topics: _Topics,
+    start: int,
+) -> AsyncGenerator[Batch, None]:
+    seen = service.SeenIds(start, lookback=feeds_.EVENTS_LOOKBACK)
+    spec = feeds_.events_feed()
+    async for batch in _pages(sessionmaker, seen, spec.read):
+        yield batch
+    with feeds.hold(spec, after=seen.last):
+        while True:
+            entry = await topics.next()
+            if topics.take_renewed():
+                async for batch in _pages(sessionmaker, seen, spec.read):
+                    yield batch
+            elif entry is not None:
+                fresh = seen.fresh(_as_list(entry[1]))
+                if fresh:
+                    yield fresh

@@ -1,0 +1,389 @@
+"""Trigger throughput and latency, next to a bare FastAPI endpoint on the same uvicorn settings.
+
+    .venv/bin/python bench/bench_trigger.py [--seconds 4] [--concurrency 16] [--cold 20]
+
+Everything is real: the spindle (`app.main.create_app`, SQLite in WAL mode) and a bare FastAPI app
+each run under uvicorn in a process of their own with identical settings; the git knot of
+tests/support/knot.py runs in a third process and a local PLC in this one; tokens are real ES256K
+JWTs, minted before the clock starts, each with its own jti. About 45 s in all.
+
+1. Warm path: triggers per second with the DID document and the workflow file (one per trigger)
+   cached; each trigger has a new record key, so each records a pipeline, a workflow run and its
+   first event. The bare endpoint takes the same JSON body and headers and answers JSON. Target:
+   >= 50% of the bare rate. Measured twice: with an httpx client (as most callers are; it costs
+   the client more than the bare server, so it caps the bare figure) and with a minimal HTTP/1.1
+   keep-alive client that shows what each server can take.
+2. Cold path: one trigger at a time, each at a new commit of 10 workflow files, the knot answering
+   after 50 ms (the DID document is cached: the knot round trips are what is measured). Target:
+   below 2 x 50 + 30 = 130 ms (the tree, then the ten blobs at once).
+
+Both run with the engine paused (the runs stay pending), so that they measure the trigger path;
+a last figure repeats the warm path on a spindle whose engine claims and finishes every run (the
+workflows' job is `if: false`, so no process is spawned) in the same process and SQLite file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app import migrate  # noqa: E402
+from app.database import create_engine, create_sessionmaker  # noqa: E402
+from app.repos import service as repos_service  # noqa: E402
+from app.runs.schemas import TRIGGER_NSID  # noqa: E402
+from tests.support.keys import SigningKey, mint  # noqa: E402
+from tests.support.knot import BLOB, TREE, GitRepo  # noqa: E402
+from tests.support.plc import FakePlc  # noqa: E402
+from tests.support.servers import ServerThread, free_port  # noqa: E402
+
+UVICORN = "uvicorn.run({app}, host='127.0.0.1', port={port}, log_level='warning', access_log=False)"
+SPINDLE_APP = "import uvicorn\nfrom app.main import create_app\n" + UVICORN.format(
+    app="create_app()", port="{port}"
+)
+# The engine paused (its queue not started, wake() a no-op): the runs stay pending and the figures
+# are those of the trigger path. Running, it claims and finishes every run in the same process and
+# on the same SQLite file, which the last figure shows.
+PAUSED_ENGINE = (
+    "from app.engine import queue\n"
+    "async def _idle(self): pass\n"
+    "queue.Scheduler.start = _idle\n"
+    "queue.Scheduler.wake = lambda self: None\n"
+)
+BARE_APP = (
+    "import uvicorn\nfrom typing import Any\nfrom fastapi import FastAPI\n"
+    "app = FastAPI()\n"
+    "@app.post('/xrpc/bare')\n"
+    "async def bare(body: dict[str, Any]) -> dict[str, Any]:\n"
+    "    return {{'submitted': True, 'knot': body['knot'], 'pipelineRkey': body['pipelineRkey']}}\n"
+    + UVICORN.format(app="app", port="{port}")
+)
+
+# The knot in a process of its own, so that its answers take the 50 ms they are told to and not
+# also the time this process spends minting tokens and running the load client.
+KNOT_APP = """\
+import asyncio, contextlib, json, sys
+from pathlib import Path
+import uvicorn
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect
+from tests.support.knot import GitRepo, TestKnot
+spec = json.loads(sys.argv[1])
+knot = TestKnot(Path(spec["root"]))
+for did, name in spec["repos"]:
+    knot.repos[(did, name)] = GitRepo(Path(spec["root"]) / did / name, did, name)
+async def latency(request):
+    knot.latency = float(request.query_params["seconds"])
+    return JSONResponse({{}})
+async def events(websocket):
+    await websocket.accept()
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await websocket.receive_text()
+knot.add_route("/bench/latency", latency)
+knot.add_websocket_route("/events", events)
+uvicorn.run(knot.app, host="127.0.0.1", port={port}, log_level="warning", access_log=False)
+"""
+
+WORKFLOW = """\
+on: [push, workflow_dispatch]
+jobs:
+  build:
+    if: false
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo {n}
+"""
+
+
+def start_server(code: str, port: int, env: dict[str, str], *argv: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code.format(port=port), *argv], cwd=ROOT, env={**os.environ, **env}
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server on port {port} exited with {proc.returncode}") from None
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+Request = tuple[dict[str, Any], dict[str, str]]
+
+
+async def load(
+    client: httpx.AsyncClient, url: str, requests: list[Request], seconds: float, concurrency: int
+) -> tuple[int, float]:
+    """httpx: send `requests` with `concurrency` workers until they run out or `seconds` pass."""
+    queue = iter(requests)
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        for body, headers in queue:
+            if time.perf_counter() > deadline:
+                return
+            response = await client.post(url, json=body, headers=headers)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url}: {response.status_code} {response.text}")
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, time.perf_counter() - started
+
+
+def raw_request(port: int, path: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
+    data = json.dumps(body).encode()
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Type: application/json"]
+    lines += [f"{k}: {v}" for k, v in headers.items()] + [f"Content-Length: {len(data)}", "", ""]
+    return "\r\n".join(lines).encode() + data
+
+
+async def load_raw(
+    port: int, path: str, requests: list[Request], seconds: float, concurrency: int
+) -> tuple[int, float]:
+    """A minimal HTTP/1.1 keep-alive client (requests serialised beforehand), so that the load
+    generator costs far less than the server: it measures what the server can take."""
+    queue = iter([raw_request(port, path, body, headers) for body, headers in requests])
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for request in queue:
+                if time.perf_counter() > deadline:
+                    return
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                payload = await reader.readexactly(length)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"{path}: {head.splitlines()[0]!r} {payload[:300]!r}")
+                done += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, time.perf_counter() - started
+
+
+async def direct_set_latency(knot_url: str, seconds: float) -> None:
+    async with httpx.AsyncClient() as client:
+        (await client.get(f"{knot_url}/bench/latency", params={"seconds": seconds})).raise_for_status()
+
+
+class Bench:
+    """The PLC, the knot and the repos, shared by every spindle process this run starts."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-trigger-"))
+        self.plc = FakePlc()
+        self.plc_server = ServerThread(self.plc.app).start()
+        self.key = SigningKey.generate("ES256K")
+        self.actor = self.plc.register(self.key)
+        root = self.tmp / "knot"
+        warm = GitRepo.init(root / self.actor / "warm", self.actor, "warm")
+        self.warm_sha = warm.commit({".github/workflows/ci.yml": WORKFLOW.format(n=0)})
+        cold = GitRepo.init(root / self.actor / "cold", self.actor, "cold")
+        self.cold_shas = [
+            cold.commit({f".github/workflows/w{i}.yml": WORKFLOW.format(n=f"{c}-{i}") for i in range(10)})
+            for c in range(args.cold + 1)
+        ]
+        knot_port = free_port()
+        self.knot_host = f"127.0.0.1:{knot_port}"
+        self.knot_url = f"http://{self.knot_host}"
+        self.servers: list[subprocess.Popen[bytes]] = []
+        spec = json.dumps({"root": str(root), "repos": [[self.actor, "warm"], [self.actor, "cold"]]})
+        self.servers.append(start_server(KNOT_APP, knot_port, {}, spec))
+
+    def close(self) -> None:
+        for proc in self.servers:
+            proc.terminate()
+            proc.wait(timeout=15)
+        self.plc_server.stop()
+
+    async def spindle(self, name: str, *, paused: bool) -> tuple[int, str]:
+        """Start a spindle on a fresh database; (port, its DID)."""
+        port = free_port()
+        database_url = f"sqlite+aiosqlite:///{self.tmp / name / 'spindle.db'}"
+        (self.tmp / name).mkdir()
+        await migrate.upgrade_async(database_url)
+        engine = create_engine(database_url)
+        async with create_sessionmaker(engine)() as session:
+            for repo in ("warm", "cold"):
+                await repos_service.add(
+                    session=session,
+                    knot=self.knot_host,
+                    did=self.actor,
+                    name=repo,
+                    owner_did=self.actor,
+                    collaborators=(),
+                )
+        await engine.dispose()
+        env = {
+            "SPINDLE_HOSTNAME": f"127.0.0.1:{port}",
+            "SPINDLE_OWNER": self.actor,
+            "SPINDLE_DEV": "true",
+            "SPINDLE_PLC_URL": self.plc_server.url,
+            "SPINDLE_DATABASE_URL": database_url,
+            "SPINDLE_DATA_DIR": str(self.tmp / name / "data"),
+            "SPINDLE_LISTEN": f"127.0.0.1:{port}",
+            "SPINDLE_MAX_JOBS": "1",
+        }
+        self.servers.append(start_server((PAUSED_ENGINE if paused else "") + SPINDLE_APP, port, env))
+        return port, f"did:web:127.0.0.1%3A{port}"
+
+    def body(self, repo: str, sha: str) -> dict[str, Any]:
+        return {
+            "knot": self.knot_host,
+            "pipelineRkey": "b" + secrets.token_hex(8),
+            "actor": self.actor,
+            "repoDid": self.actor,
+            "repoName": repo,
+            "ref": sha,
+        }
+
+    def request(self, service_did: str, repo: str, sha: str) -> Request:
+        token = mint(self.key, iss=self.actor, aud=service_did, lxm=TRIGGER_NSID)
+        return self.body(repo, sha), {"authorization": f"Bearer {token}"}
+
+    async def throughput(
+        self, client: httpx.AsyncClient, kind: str, port: int, path: str, requests: list[Request]
+    ) -> float:
+        seconds, concurrency = self.args.seconds, self.args.concurrency
+        if kind == "httpx":
+            done, took = await load(client, f"http://127.0.0.1:{port}{path}", requests, seconds, concurrency)
+        else:
+            done, took = await load_raw(port, path, requests, seconds, concurrency)
+        return done / took
+
+    async def cold_latencies(self, client: httpx.AsyncClient, port: int, service_did: str) -> list[float]:
+        # The knot (a test double) computes its answers first, so that its own git processes are not
+        # what is measured; then it answers every request after 50 ms.
+        async with httpx.AsyncClient(base_url=self.knot_url) as direct:
+            for sha in self.cold_shas:
+                params = {"repo": self.actor, "ref": sha}
+                await direct.get(f"/xrpc/{TREE}", params={**params, "path": ".github/workflows"})
+                for i in range(10):
+                    await direct.get(
+                        f"/xrpc/{BLOB}", params={**params, "path": f".github/workflows/w{i}.yml"}
+                    )
+        url = f"http://127.0.0.1:{port}/xrpc/{TRIGGER_NSID}"
+        await load(client, url, [self.request(service_did, "cold", self.cold_shas[0])], 30, 1)
+        await direct_set_latency(self.knot_url, 0.05)
+        latencies = []
+        try:
+            for sha in self.cold_shas[1:]:
+                body, headers = self.request(service_did, "cold", sha)
+                started = time.perf_counter()
+                response = await client.post(url, json=body, headers=headers)
+                latencies.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200 or len(response.json()["workflows"]) != 10:
+                    raise RuntimeError(f"cold trigger: {response.status_code} {response.text}")
+        finally:
+            await direct_set_latency(self.knot_url, 0.0)
+        return sorted(latencies)
+
+
+async def run(args: argparse.Namespace) -> None:
+    bench = Bench(args)
+    trigger_path = f"/xrpc/{TRIGGER_NSID}"
+    rates: dict[str, float] = {}
+    try:
+        bare_port = free_port()
+        bench.servers.append(start_server(BARE_APP, bare_port, {}))
+        port, did = await bench.spindle("paused", paused=True)
+        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            # Warm up: the DID document and the warm commit's workflow file get cached.
+            await load(
+                client,
+                f"http://127.0.0.1:{port}{trigger_path}",
+                [bench.request(did, "warm", bench.warm_sha) for _ in range(50)],
+                30,
+                4,
+            )
+            bare_headers = bench.request(did, "warm", bench.warm_sha)[1]
+            for kind in ("httpx", "raw"):
+                bare = [
+                    (bench.body("warm", bench.warm_sha), bare_headers)
+                    for _ in range(int(args.seconds * 4000))
+                ]
+                rates[f"bare {kind}"] = await bench.throughput(client, kind, bare_port, "/xrpc/bare", bare)
+                triggers = [bench.request(did, "warm", bench.warm_sha) for _ in range(args.triggers)]
+                rates[f"trigger {kind}"] = await bench.throughput(client, kind, port, trigger_path, triggers)
+            latencies = await bench.cold_latencies(client, port, did)
+
+            port, did = await bench.spindle("running", paused=False)
+            await load(
+                client,
+                f"http://127.0.0.1:{port}{trigger_path}",
+                [bench.request(did, "warm", bench.warm_sha) for _ in range(50)],
+                30,
+                4,
+            )
+            triggers = [bench.request(did, "warm", bench.warm_sha) for _ in range(args.triggers)]
+            rates["engine running"] = await bench.throughput(client, "raw", port, trigger_path, triggers)
+    finally:
+        bench.close()
+
+    p50, p90 = statistics.median(latencies), latencies[int(len(latencies) * 0.9) - 1]
+    print(f"uvicorn, one process per app, {args.concurrency} keep-alive connections, {os.cpu_count()} CPUs")
+    for kind in ("httpx", "raw"):
+        bare_rate, warm_rate = rates[f"bare {kind}"], rates[f"trigger {kind}"]
+        ratio = warm_rate / bare_rate
+        verdict = "met" if ratio >= 0.5 else "NOT met"
+        print(
+            f"{kind:5} client: bare FastAPI JSON {bare_rate:6.0f} req/s, trigger warm path "
+            f"{warm_rate:5.0f} req/s = {ratio:4.0%} of bare (target >= 50%: {verdict})"
+        )
+    print(f"raw   client: trigger warm path with the engine running {rates['engine running']:5.0f} req/s")
+    print(
+        f"cold path, knot answering after 50 ms, 10 workflow files, {len(latencies)} triggers one at a "
+        f"time: p50 {p50:.0f} ms, p90 {p90:.0f} ms, max {latencies[-1]:.0f} ms "
+        f"(target < 130 ms: {'met' if p50 < 130 else 'NOT met'} at p50)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each throughput run")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent connections")
+    parser.add_argument("--triggers", type=int, default=3000, help="tokens minted per throughput run")
+    parser.add_argument("--cold", type=int, default=20, help="number of cold-path triggers")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Workflow files read as GitHub reads them (YAML 1.2), safely, with errors naming the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.workflows.exceptions import InvalidWorkflow
+from app.workflows.parser import load_yaml, parse_workflow
+
+PATH = ".github/workflows/ci.yml"
+JOBS = "jobs:\n  build:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo hi\n"
+
+
+def test_the_key_on_stays_a_string_not_the_boolean_true():
+    workflow = parse_workflow(PATH, "on: push\n" + JOBS)
+
+    assert "on" in workflow.document
+    assert True not in workflow.document
+    assert workflow.events == {"push": None}
+
+
+@pytest.mark.parametrize(
+    ("on", "events"),
+    [
+        ("push", {"push": None}),
+        ("[push, pull_request]", {"push": None, "pull_request": None}),
+        (
+            "\n  push:\n    branches: [main]\n  workflow_dispatch:",
+            {"push": {"branches": ["main"]}, "workflow_dispatch": None},
+        ),
+    ],
+    ids=["string", "list", "map"],
+)
+def test_on_comes_as_a_string_a_list_or_a_map(on: str, events: dict):
+    assert parse_workflow(PATH, f"on: {on}\n" + JOBS).events == events
+
+
+def test_only_true_and_false_are_booleans_as_in_yaml_1_2():
+    assert load_yaml("a: yes\nb: off\nc: True\nd: false\ne: on\nf: y", path=PATH) == {
+        "a": "yes",
+        "b": "off",
+        "c": True,
+        "d": False,
+        "e": "on",
+        "f": "y",
+    }
+
+
+def test_numbers_follow_yaml_1_2_not_1_1():
+    assert load_yaml(
+        "a: 010\nb: 0o10\nc: 0x1f\nd: 1:20\ne: 1_000\nf: 2.5\ng: .inf\nh: 2024-01-02", path=PATH
+    ) == {
+        "a": 10,
+        "b": 8,
+        "c": 31,
+        "d": "1:20",
+        "e": "1_000",
+        "f": 2.5,
+        "g": float("inf"),
+        "h": "2024-01-02",
+    }
+
+
+def test_a_few_anchors_and_aliases_are_fine():
+    document = load_yaml("base: &base {runs-on: ubuntu-latest}\na: *base\nb: *base\n", path=PATH)
+
+    assert document["a"] == document["b"] == {"runs-on": "ubuntu-latest"}
+
+
+def test_refuses_a_billion_laughs_before_building_it():
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [{','.join(f'*a{i - 1}' for _ in range(9))}]")
+
+    with pytest.raises(InvalidWorkflow, match="once aliases are expanded"):
+        load_yaml("\n".join(lines), path=PATH)
+
+
+def test_refuses_too_many_aliases():
+    source = "a: &a x\nb: [" + ", ".join(["*a"] * 101) + "]\n"
+
+    with pytest.raises(InvalidWorkflow, match="more than 100 aliases"):
+        load_yaml(source, path=PATH)
+
+
+def test_refuses_an_alias_inside_its_own_anchor():
+    with pytest.raises(InvalidWorkflow, match="refers to its own anchor"):
+        load_yaml("a: &a [1, *a]\n", path=PATH)
+
+
+def test_refuses_deep_nesting_without_a_recursion_error():
+    with pytest.raises(InvalidWorkflow, match="nested more than 64 levels"):
+        load_yaml("a: " + "[" * 5000 + "]" * 5000, path=PATH)
+
+
+def test_refuses_duplicate_keys_as_github_does():
+    with pytest.raises(InvalidWorkflow, match="the key 'on' appears twice"):
+        parse_workflow(PATH, "on: push\non: pull_request\n" + JOBS)
+
+
+@pytest.mark.parametrize(
+    "tagged", ["!!binary aGk=", "!!timestamp 2001-12-14", "!!python/object:os.system x", "!custom x"]
+)
+def test_refuses_tags_outside_the_core_schema(tagged: str):
+    with pytest.raises(InvalidWorkflow, match=PATH):
+        load_yaml(f"a: {tagged}\n", path=PATH)
+
+
+def test_a_syntax_error_names_the_file_and_the_line():
+    with pytest.raises(InvalidWorkflow) as caught:
+        parse_workflow(PATH, "on: push\njobs:\n  build: [unclosed\n")
+
+    assert caught.value.status_code == 400
+    assert caught.value.message.startswith(f"workflow {PATH}: invalid YAML at line")
+
+
+def test_refuses_more_than_one_document():
+    with pytest.raises(InvalidWorkflow, match="invalid YAML"):
+        load_yaml("a: 1\n---\nb: 2\n", path=PATH)
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("", "the file is empty"),
+        ("- on\n- jobs\n", "the top level must be a map"),
+        (JOBS, "`on` is missing"),
+        ("on: push\n", "`jobs` must be a map"),
+        ("on: push\njobs: {}\n", "`jobs` must be a map with at least one job"),
+        ("on: 5\n" + JOBS, "`on` must be an event name"),
+        ("on: [push, 3]\n" + JOBS, "`on` as a list must list event names"),
+        ("on:\n  workflow_dispatch: yes-please\n" + JOBS, "on.workflow_dispatch must be a map"),
+        ("on:\n  workflow_dispatch:\n    inputs: [a]\n" + JOBS, "inputs must be a map"),
+        ("on: push\njobs:\n  build: run\n", "job 'build' must be a map"),
+    ],
+)
+def test_refuses_a_document_that_is_not_a_workflow(source: str, fragment: str):
+    with pytest.raises(InvalidWorkflow, match=fragment) as caught:
+        parse_workflow(PATH, source)
+
+    assert PATH in caught.value.message
+
+
+def test_refuses_a_file_over_512_kib():
+    with pytest.raises(InvalidWorkflow, match="larger than 512 KiB"):
+        load_yaml("#" * (512 * 1024 + 1), path=PATH)
