@@ -25,6 +25,7 @@ from app.runs import router as runs_router
 from app.streams import router as streams_router
 from app.streams.broker import Broker
 from app.xrpc.errors import install_error_handlers
+from app.xrpc.openapi import install_openapi
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Tangled spindle", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(identity_router.router)
     app.include_router(runs_router.router)
     app.include_router(runs_cancel.router)

@@ -226,7 +226,8 @@ async def watchers_bench(args: argparse.Namespace, tmp: Path) -> None:
         rss_connected = rss_mb(spindle.pid)
 
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            cpu_before = cpu_seconds(spindle.pid)
+            cpu_before, client_before = cpu_seconds(spindle.pid), time.process_time()
+            load_before = os.getloadavg()[0]
             started = time.perf_counter()
             response = await client.post(
                 "/bench/produce", params={"run_id": run_id, "lines": lines, "rate": args.rate}
@@ -236,6 +237,8 @@ async def watchers_bench(args: argparse.Namespace, tmp: Path) -> None:
                 await asyncio.gather(*tasks)
             elapsed = time.perf_counter() - started
             cpu_used = cpu_seconds(spindle.pid) - cpu_before
+            client_used = time.process_time() - client_before
+            load_after = os.getloadavg()[0]
             rss_during = rss_mb(spindle.pid)
         await asyncio.sleep(1)
         rss_after = rss_mb(spindle.pid)
@@ -252,6 +255,10 @@ async def watchers_bench(args: argparse.Namespace, tmp: Path) -> None:
     p99 = percentile(ms, 0.99)
     print(f"{args.watchers} WebSocket watchers of one run, {lines} lines at {args.rate:g}/s", end="")
     print(f", {os.cpu_count()} CPUs shared with whatever else runs")
+    print(
+        f"  load average {load_before:.1f} → {load_after:.1f} while producing; the watcher clients used"
+        f" {client_used:.1f} CPU-s ({client_used / elapsed:.0%} of a core) in this process"
+    )
     print(f"  connected in {connect_time:.1f} s; all lines delivered to {complete}/{args.watchers} watchers")
     print(
         f"  frames delivered  {len(ms)} in {elapsed:.1f} s; the spindle used {cpu_used:.1f} CPU-s"

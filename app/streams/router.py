@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, WebSocket
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
 from app.deps import CtxDep
@@ -123,7 +123,7 @@ async def logs_socket(
     await _serve(websocket, frames(), reason="log stream complete")
 
 
-@router.get("/logs/{knot}/{rkey}/{workflow}")
+@router.get("/logs/{knot}/{rkey}/{workflow}", response_class=PlainTextResponse)
 async def logs_text(knot: str, rkey: str, workflow: str, ctx: CtxDep) -> StreamingResponse:
     """The log so far as text: one line per data line, step starts and ends marked."""
     run = await _find_run(ctx, knot, rkey, workflow)
@@ -145,6 +145,14 @@ async def logs_text(knot: str, rkey: str, workflow: str, ctx: CtxDep) -> Streami
 
 
 # --- status ------------------------------------------------------------------------------
+
+
+def _last_event_id(raw: str | None) -> int | None:
+    """An id we could have sent (ASCII digits, below 2**63), else None: the stream starts over.
+    ("²".isdigit() is true and int() of 5000 digits raises: both were 500s.)"""
+    if not raw or not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
+        return None
+    return int(raw)
 
 
 def _wants_event_stream(accept: str | None) -> bool:
@@ -177,7 +185,7 @@ async def run_status(
             service.status_document(settings=ctx.settings, run=run, pipeline=run.pipeline, events=events)
         )
 
-    resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+    resume = _last_event_id(last_event_id)
     if resume is not None and Status(run.status).is_finished:
         async with ctx.sessionmaker() as session:
             latest = await service.latest_status_item(session=session, run_id=run.id)

@@ -228,3 +228,16 @@ async def test_an_issuer_naming_an_internal_address_is_refused_without_a_fetch(
 
     assert_xrpc_error(response, 401, "BadJwt")
     assert await production.count(Pipeline) == 0
+
+
+async def test_the_target_counts_every_connection_so_a_zero_means_something():
+    import httpx
+
+    with CountingListener() as probe:
+        async with httpx.AsyncClient() as client:
+            await client.get(probe.url + "/anything")
+        with pytest.raises(httpx.HTTPError):
+            async with httpx.AsyncClient() as client:
+                await client.get(probe.url.replace("http://", "https://"))
+
+    assert probe.connections == 2

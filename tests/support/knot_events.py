@@ -146,9 +146,10 @@ class KnotEventStream:
             # Subscribing and reading the backlog under one lock: nothing is missed or sent twice.
             backlog = [e for e in self._events if cursor > 0 and e.created > cursor]
             self.connections.append(conn)
-        await websocket.accept()
-        reader = asyncio.create_task(self._until_disconnected(websocket, conn))
+        reader: asyncio.Task[None] | None = None
         try:
+            await websocket.accept()
+            reader = asyncio.create_task(self._until_disconnected(websocket, conn))
             for start in range(0, len(backlog), self.batch_size):
                 for stored in backlog[start : start + self.batch_size]:
                     await websocket.send_text(stored.frame)
@@ -159,12 +160,13 @@ class KnotEventStream:
                     break
                 await websocket.send_text(item.frame)
                 conn.sent.append(item.rkey)
-        except Exception:  # the client went away mid-send
+        except Exception:  # the client went away (a handshake it gave up on, or mid-send)
             pass
         finally:
             with self._lock:
                 conn.open = False
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             with contextlib.suppress(Exception):
                 await websocket.close(code=1012)
 
