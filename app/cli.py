@@ -148,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=settings.log_level.lower(),
             proxy_headers=True,
             ws_max_size=1 << 20,
+            # Log frames are small and many: compressing each costs more CPU than it saves.
+            ws_per_message_deflate=False,
         )
         return 0
     return 2
