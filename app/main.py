@@ -20,8 +20,10 @@ from app.identity import router as identity_router
 from app.identity.resolver import DidResolver
 from app.knot.client import KnotClient
 from app.knot.events import KnotEventConsumer
+from app.repos.service import RegistrationCache
 from app.runs import cancel as runs_cancel
 from app.runs import router as runs_router
+from app.runs.writer import PipelineWriter
 from app.streams import router as streams_router
 from app.streams.broker import Broker
 from app.xrpc.errors import install_error_handlers
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         verifier = ServiceAuthVerifier(resolver=resolver, service_did=settings.did)
         knot = KnotClient(http=http, dev=settings.dev, timeout=settings.knot_timeout)
         scheduler = Scheduler(settings=settings, sessionmaker=sessionmaker, broker=broker, knot=knot)
+        writer = PipelineWriter(engine=engine)
         consumer = KnotEventConsumer(
             settings=settings, sessionmaker=sessionmaker, knot=knot, scheduler=scheduler, broker=broker
         )
@@ -64,13 +67,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             knot=knot,
             scheduler=scheduler,
             consumer=consumer,
+            writer=writer,
+            registrations=RegistrationCache(),
         )
+        await writer.start()
         await scheduler.start()
         await consumer.start()
         try:
             yield
         finally:
             await consumer.stop()
+            await writer.stop()
             await scheduler.stop()
             await http.aclose()
             await engine.dispose()

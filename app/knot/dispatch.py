@@ -42,6 +42,7 @@ class DispatchedPipeline:
     sha: str | None  # None for a manual event: the default branch's head, asked of the knot
     default_branch: str | None
     names: tuple[str, ...]  # the workflow names as the event gave them
+    other_dids: tuple[str, ...] = ()  # the repo's own DID, when the event names it besides the owner's
     inputs: dict[str, str] = field(default_factory=dict)
     trigger: dict[str, Any] = field(default_factory=dict)  # triggerMetadata, for the github context
 

@@ -15,7 +15,10 @@ clock when the frame arrived (as Tangled's own consumer does). A resume starts C
 earlier to absorb skew; the replayed events are redeliveries, which record nothing.
 
 An event runs only when the knot it came from is the one it names and (knot, did, repo) is
-registered here. Bad frames are logged and skipped; frames over MAX_FRAME_BYTES are refused.
+registered here (`did` is the owner's DID; newer knots also give the repo's own as `repoDid`, and
+either may be the registered one). Bad frames are logged and skipped, frames over MAX_FRAME_BYTES
+refused. A flood is bounded: one frame at a time per knot, MAX_QUEUED_FRAMES read ahead, and the
+knot's socket is not read beyond that (TCP pushes back).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -98,8 +101,10 @@ class _Lenient(BaseModel):
 
 class TriggerRepo(_Lenient):
     knot: str = Field(max_length=300)
-    did: str = Field(max_length=2048)
+    did: str = Field(max_length=2048)  # the owner's DID
     repo: str = Field(max_length=300)
+    # Newer knots also name the repo's own DID, which a registration may use instead of the owner's.
+    repo_did: str | None = Field(default=None, alias="repoDid", max_length=2048)
     default_branch: str | None = Field(default=None, alias="defaultBranch", max_length=255)
 
 
@@ -187,6 +192,7 @@ def parse_pipeline_event(*, knot: str, rkey: str, event: Any) -> knot_dispatch.D
         sha=sha,
         default_branch=meta.repo.default_branch,
         names=tuple(w.name for w in record.workflows),
+        other_dids=(meta.repo.repo_did,) if meta.repo.repo_did not in (None, meta.repo.did) else (),
         inputs=inputs,
         trigger=meta.model_dump(mode="json", by_alias=True, exclude_none=True),
     )
@@ -371,12 +377,17 @@ class KnotEventConsumer:
 
     async def _pipeline(self, knot: str, rkey: str, event: Any) -> Outcome:
         dispatch = parse_pipeline_event(knot=knot, rkey=rkey, event=event)
+        registered = None
         async with self.sessionmaker() as session:
-            registered = await repo_service.find(
-                session=session, knot=knot, did=dispatch.repo_did, name=dispatch.repo_name
-            )
+            for did in (dispatch.repo_did, *dispatch.other_dids):
+                registered = await repo_service.find(
+                    session=session, knot=knot, did=did, name=dispatch.repo_name
+                )
+                if registered is not None:
+                    dispatch = replace(dispatch, repo_did=did, other_dids=())
+                    break
         if registered is None:
-            log.info(
+            log.debug(
                 "knot %s: ignored pipeline %s of %s/%s: not registered here",
                 knot,
                 rkey,
@@ -384,7 +395,8 @@ class KnotEventConsumer:
                 dispatch.repo_name,
             )
             return "ignored"
-        for attempt in range(1, UPSTREAM_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 result = await knot_dispatch.record_dispatched(
                     sessionmaker=self.sessionmaker,
@@ -393,6 +405,7 @@ class KnotEventConsumer:
                     scheduler=self.scheduler,
                     dispatch=dispatch,
                 )
+                break
             except InvalidRequest as exc:
                 raise SkipEvent(exc.message) from None
             except UpstreamFailure as exc:
@@ -400,11 +413,10 @@ class KnotEventConsumer:
                     raise SkipEvent(f"the knot failed {attempt} times: {exc.message}") from None
                 log.warning("knot %s pipeline %s: %s; trying again", knot, rkey, exc.message)
                 await asyncio.sleep(self.backoff_start * 2**attempt)
-                continue
-            if result.created:
-                return "recorded"
-            return "redelivered" if result.pipeline is not None else "skipped"
-        raise AssertionError("unreachable")
+                attempt += 1
+        if result.created:
+            return "recorded"
+        return "redelivered" if result.pipeline is not None else "skipped"
 
     async def _load_cursor(self, knot: str) -> int | None:
         async with self.sessionmaker() as session:

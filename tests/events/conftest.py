@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -21,7 +22,7 @@ from app.config import Settings
 from app.context import AppContext
 from app.database import create_engine, create_sessionmaker
 from app.knot import events as knot_events
-from app.knot.events import KnotEventConsumer, KnotLink
+from app.knot.events import KnotEventConsumer, KnotLink, tid_time_ns
 from app.knot.models import KnotCursor
 from app.main import create_app
 from app.repos import service as repos_service
@@ -83,7 +84,9 @@ jobs:
 """
 
 
-async def eventually(check: Callable[[], Awaitable[T]], *, what: str, timeout: float = WAIT_SECONDS) -> T:
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], *, what: str, timeout: float = WAIT_SECONDS
+) -> T:
     """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -96,11 +99,21 @@ async def eventually(check: Callable[[], Awaitable[T]], *, what: str, timeout: f
         await asyncio.sleep(0.05)
 
 
+def minted(rkey: str) -> int:
+    """When the knot minted a TID rkey (unix ns): the cursor it leaves behind."""
+    value = tid_time_ns(rkey)
+    assert value is not None, f"{rkey} is not a TID"
+    return value
+
+
 class Spindle:
     """The service under test on 127.0.0.1:<port>, with an HTTP client and its database."""
 
-    def __init__(self, settings: Settings, server: ServerThread, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, settings: Settings, app: FastAPI, server: ServerThread, client: httpx.AsyncClient
+    ) -> None:
         self.settings = settings
+        self.app = app
         self.server = server
         self.client = client
         self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
@@ -108,7 +121,7 @@ class Spindle:
 
     @property
     def ctx(self) -> AppContext:
-        return self.server.config.app.state.ctx  # type: ignore[no-any-return]
+        return self.app.state.ctx  # type: ignore[no-any-return]
 
     @property
     def consumer(self) -> KnotEventConsumer:
@@ -186,9 +199,10 @@ def db_url(database_url: str) -> str:
 
 @asynccontextmanager
 async def serve(settings: Settings, port: int) -> AsyncIterator[Spindle]:
-    with ServerThread(create_app(settings), port=port) as server:
+    app = create_app(settings)
+    with ServerThread(app, port=port) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            spindle = Spindle(settings, server, client)
+            spindle = Spindle(settings, app, server, client)
             try:
                 yield spindle
             finally:

@@ -16,9 +16,8 @@ from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from app.knot import events as knot_events
-from app.knot.events import tid_time_ns
 from app.runs.models import StatusEvent, WorkflowRun
-from tests.events.conftest import EventKnot, Spindle, eventually, make_event_knot
+from tests.events.conftest import EventKnot, Spindle, eventually, make_event_knot, minted
 from tests.support.knot import BRANCH
 from tests.support.knot_events import (
     REF_UPDATE,
@@ -61,7 +60,7 @@ async def test_a_run_from_an_event_shows_up_on_the_spindles_events_stream(
     await spindle.finished(knot, rkey, "quick")
     uri = f"at://did:web:{knot.replace(':', '%3A')}/sh.tangled.pipeline/{rkey}"
 
-    statuses = []
+    statuses: list[str] = []
     async with connect(f"ws://{spindle.settings.hostname}/events?cursor=0") as ws:
         while not statuses or statuses[-1] not in ("success", "failed"):
             frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
@@ -155,6 +154,21 @@ async def test_events_for_an_unregistered_repo_or_from_the_wrong_knot_are_ignore
     assert not any(r.query.get("repo", "").startswith(stranger.did) for r in registered.knot.requests)
 
 
+async def test_an_event_naming_the_repos_own_did_matches_a_registration_by_that_did(
+    spindle: Spindle, registered: EventKnot
+):
+    knot, git = registered.host, registered.repo
+    # Newer knots: `did` is the owner's DID and `repoDid` the repo's own, which is what we registered.
+    event = push_event(knot, git, registered.sha, workflows=["quick"])
+    event["triggerMetadata"]["repo"].update(did="did:plc:theownerbbbbbbbbbbbbbbbb", repoDid=git.did)
+
+    rkey = registered.stream.emit(event)
+
+    pipeline = await spindle.recorded(knot, rkey)
+    assert pipeline.repo_did == git.did
+    assert (await spindle.finished(knot, rkey, "quick"))["status"] == "success"
+
+
 async def test_names_without_a_github_file_are_skipped_and_said_so_in_the_log(
     spindle: Spindle, registered: EventKnot, caplog: pytest.LogCaptureFixture
 ):
@@ -198,21 +212,27 @@ async def test_restart_resumes_from_the_cursor_with_nothing_lost_or_run_twice(
     make_spindle: Callable[..., Any], event_knot: EventKnot
 ):
     knot, stream, git = event_knot.host, event_knot.stream, event_knot.repo
+    first_commit = git.commit({"NOTES": "the first push\n"})
     async with make_spindle() as first:
         await first.register(knot, git)
         await first.connected(knot)
-        before = stream.emit(push_event(knot, git, event_knot.sha, workflows=["quick"]))
+        before = stream.emit(push_event(knot, git, first_commit, workflows=["quick"]))
         await first.finished(knot, before, "quick")
         stored = await first.cursor(knot)
-    assert stored == tid_time_ns(before)
+    assert stored == minted(before)
 
     while_down = [stream.emit(push_event(knot, git, event_knot.sha, workflows=["quick"])) for _ in range(5)]
+    event_knot.knot.clear_requests()
 
     async with make_spindle() as second:
         for rkey in while_down:
             assert (await second.finished(knot, rkey, "quick"))["status"] == "success"
-        assert stream.connections[-1].cursor == stored - knot_events.CURSOR_SAFETY_NS
+        replay = stream.connections[-1]
+        assert replay.cursor == stored - knot_events.CURSOR_SAFETY_NS
+        assert replay.sent[:6] == [before, *while_down]  # the margin replays `before` too
         assert [p.rkey for p in await second.pipelines()] == [before, *while_down]
+        # A fresh process, an empty cache: the replayed event still stopped at the database.
+        assert first_commit not in {r.query.get("ref") for r in event_knot.knot.xrpc_requests()}
         async with second.sessions() as session:
             starts = list(await session.scalars(select(StatusEvent).where(StatusEvent.status == "running")))
         assert len(starts) == 6  # one start per run: the replayed `before` ran no second time
@@ -228,7 +248,7 @@ async def test_restart_in_the_middle_of_a_replay_resumes_at_the_last_event_handl
         await first.register(knot, git)
         await first.connected(knot)
     missed = [stream.emit(push_event(knot, git, event_knot.sha, workflows=["quick"])) for _ in range(20)]
-    event_knot.knot.latency = 0.1  # each event takes a while: the restart lands mid-replay
+    event_knot.knot.latency = 0.2  # each event takes a while: the restart lands mid-replay
 
     async with make_spindle() as second:
         await eventually(lambda: _at_least(second, 3), what="a few replayed events to be recorded")
@@ -243,7 +263,7 @@ async def test_restart_in_the_middle_of_a_replay_resumes_at_the_last_event_handl
     # The resume point is the knot's own clock for the last event the second process handled (or
     # the one before, when it stopped between recording that event and storing the cursor).
     assert resumed_from is not None
-    assert tid_time_ns(handled[-2]) <= resumed_from < tid_time_ns(missed[len(handled)])
+    assert minted(handled[-2]) <= resumed_from < minted(missed[len(handled)])
 
 
 async def _at_least(spindle: Spindle, n: int) -> bool:
@@ -264,16 +284,14 @@ async def test_a_dropped_connection_is_reconnected_and_later_events_are_processe
 
     await spindle.recorded(knot, after)
     assert [p.rkey for p in await spindle.pipelines()] == [first, during_gap, after]
-    assert stream.connections[1].cursor == tid_time_ns(first) - knot_events.CURSOR_SAFETY_NS
+    assert stream.connections[1].cursor == minted(first) - knot_events.CURSOR_SAFETY_NS
 
 
 async def test_non_pipeline_events_are_ignored_but_move_the_cursor(spindle: Spindle, registered: EventKnot):
     knot, stream = registered.host, registered.stream
     ref_update = stream.emit({"ref": "refs/heads/main", "newSha": registered.sha}, nsid=REF_UPDATE)
 
-    await eventually(
-        lambda: _cursor_is(spindle, knot, tid_time_ns(ref_update)), what="the cursor to move past it"
-    )
+    await eventually(lambda: _cursor_is(spindle, knot, minted(ref_update)), what="the cursor to move past it")
     assert await spindle.pipelines() == []
 
 

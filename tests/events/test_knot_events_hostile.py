@@ -10,8 +10,8 @@ import time
 import pytest
 
 from app.knot import events as knot_events
-from app.knot.events import tid_time_ns
-from tests.events.conftest import EventKnot, Spindle, eventually
+from app.runs import service as runs_service
+from tests.events.conftest import EventKnot, Spindle, eventually, minted
 from tests.support.knot import TREE
 from tests.support.knot_events import PIPELINE, BlackHoleKnot, manual_event, push_event
 
@@ -133,7 +133,7 @@ async def test_a_flood_of_events_is_recorded_once_each(
     await eventually(all_recorded, what="500 events to be recorded", timeout=300)
     elapsed = time.monotonic() - started
     await eventually(
-        lambda: _cursor_is(spindle, knot, tid_time_ns(rkeys[49])), what="the redeliveries to be handled"
+        lambda: _cursor_is(spindle, knot, minted(rkeys[49])), what="the redeliveries to be handled"
     )
 
     assert sorted(p.rkey for p in await spindle.pipelines()) == sorted(rkeys)
@@ -201,7 +201,7 @@ async def test_a_knot_failing_to_serve_the_files_is_retried_then_the_event_skipp
     registered.knot.fail(500, nsid=TREE)
     failing = stream.emit(push_event(knot, git, registered.sha, workflows=["quick"]))
 
-    await eventually(lambda: _cursor_is(spindle, knot, tid_time_ns(failing)), what="the event to be given up")
+    await eventually(lambda: _cursor_is(spindle, knot, minted(failing)), what="the event to be given up")
     registered.knot.reset()
     newer = git.commit({"NOTES": "later\n"})
     marker = stream.emit(push_event(knot, git, newer, workflows=["quick"]))
@@ -251,3 +251,35 @@ def _tree_asked(ek: EventKnot):  # type: ignore[no-untyped-def]
         return bool(ek.knot.xrpc_requests(TREE))
 
     return check
+
+
+async def test_an_rkey_a_manual_trigger_already_took_is_not_run_again_for_another_repo(
+    spindle: Spindle, registered: EventKnot, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, logger="app.knot")
+    knot, stream, git = registered.host, registered.stream, registered.repo
+    taken = stream.new_rkey()
+    async with spindle.sessions() as session:
+        await runs_service.record_pipeline(
+            session=session,
+            knot=knot,
+            rkey=taken,
+            repo_did="did:plc:someoneelseaaaaaaaaaaaaa",
+            repo_name="elsewhere",
+            sha="e" * 40,
+            actor="did:plc:someoneelseaaaaaaaaaaaaa",
+            trigger_kind="manual",
+            trigger={"inputs": {}},
+            request_digest="0" * 64,
+            runs=[],
+        )
+
+    stream.emit(push_event(knot, git, registered.sha, workflows=["quick"]), rkey=taken)
+    marker = stream.emit(push_event(knot, git, registered.sha, workflows=["quick"]))
+    await spindle.recorded(knot, marker)
+
+    assert [(p.rkey, p.repo_name) for p in await spindle.pipelines()] == [
+        (taken, "elsewhere"),
+        (marker, "hello"),
+    ]
+    assert any(f"rkey {taken} already names another pipeline" in r.getMessage() for r in caplog.records)
