@@ -1,4 +1,6 @@
-// The run page: each workflow's status over Server-Sent Events, its log over a WebSocket.
+// The run page: every workflow's status over one Server-Sent Events stream, each log over a WebSocket.
+// One stream for the pipeline, not one per workflow: browsers give a host six HTTP/1.1 connections
+// and an open EventSource holds one (WebSockets don't count), so a seventh workflow would stall.
 // Log lines are hostile input: they are only ever inserted as text (textContent), never as HTML.
 "use strict";
 
@@ -61,12 +63,6 @@
       return FINISHED.has(status);
     }
 
-    const events = new EventSource(new URL(section.dataset.statusPath, window.location.href));
-    events.onmessage = function (message) {
-      // Closed by us at the end: an EventSource would otherwise reconnect to a finished run.
-      if (showStatus(JSON.parse(message.data))) events.close();
-    };
-
     function follow(attempt) {
       // The server sends the whole log from the start on every connection.
       const socket = new WebSocket(socketUrl(section.dataset.logsPath));
@@ -92,7 +88,29 @@
       };
     }
     follow(0);
+    return showStatus;
   }
 
-  document.querySelectorAll("section.workflow").forEach(watch);
+  // Workflow name → its section's showStatus. A Map, so a (hostile) name never enters a selector.
+  const workflows = new Map();
+  document.querySelectorAll("section.workflow").forEach(function (section) {
+    workflows.set(section.dataset.workflow, watch(section));
+  });
+
+  const main = document.querySelector("main[data-status-path]");
+  if (main === null || workflows.size === 0) return;
+  const finished = new Set();
+  const events = new EventSource(new URL(main.dataset.statusPath, window.location.href));
+  main.dataset.statusStream = "open";
+  events.onmessage = function (message) {
+    const doc = JSON.parse(message.data);
+    const showStatus = workflows.get(doc.workflow);
+    if (showStatus === undefined) return;
+    if (showStatus(doc)) finished.add(doc.workflow);
+    if (finished.size === workflows.size) {
+      // Closed by us at the end: an EventSource would otherwise reconnect to a finished pipeline.
+      events.close();
+      main.dataset.statusStream = "closed";
+    }
+  };
 })();

@@ -49,7 +49,7 @@ def logs_feed(run_id: int) -> FeedSpec:
 
 def status_feed(run_id: int) -> FeedSpec:
     async def read(session: AsyncSession, after: int) -> list[dict[str, Any]]:
-        return await service.status_items_after(session=session, after=after, run_id=run_id)
+        return await service.status_items_after(session=session, after=after, run_ids=(run_id,))
 
     return FeedSpec(status_topic(run_id), read, batched=False)
 

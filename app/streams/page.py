@@ -40,7 +40,7 @@ def render(pipeline: Pipeline) -> str:
         path = escape(f"{run_path(pipeline.knot, pipeline.rkey)}/{quote(run.name, safe='')}")
         sections.append(
             f'<section class="workflow" data-workflow="{escape(run.name)}"'
-            f' data-logs-path="../../logs/{path}" data-status-path="../../status/{path}">\n'
+            f' data-logs-path="../../logs/{path}">\n'
             f'<h2><span class="badge status-{status}" data-role="badge">{status}</span>'
             f' <span class="name">{escape(run.name)}</span>'
             f' <span class="path">{escape(run.path)}</span></h2>\n'
@@ -56,7 +56,10 @@ def render(pipeline: Pipeline) -> str:
         f" &middot; {escape(pipeline.trigger_kind)}</p>\n"
         "</header>"
     )
-    body = header + "\n<main>\n" + ("\n".join(sections) or "<p>No workflows.</p>") + "\n</main>"
+    # One status stream for the whole pipeline: a stream per workflow would take a connection each.
+    status_path = escape(f"../../status/{run_path(pipeline.knot, pipeline.rkey)}")
+    main = f'<main data-status-path="{status_path}">\n'
+    body = header + "\n" + main + ("\n".join(sections) or "<p>No workflows.</p>") + "\n</main>"
     return _document(f"Pipeline {pipeline.rkey} · {pipeline.knot}", body)
 
 

@@ -3,12 +3,19 @@
     GET /logs/{knot}/{rkey}/{workflow}     WebSocket: Tangled JSON log lines, then close (1000)
                                            plain HTTP: the log so far as text
     GET /status/{knot}/{rkey}/{workflow}   JSON status; `Accept: text/event-stream` for SSE
+    GET /status/{knot}/{rkey}              every workflow's JSON status, as {"knot", "pipelineRkey",
+                                           "workflows": [...]}; `Accept: text/event-stream` for one
+                                           SSE stream of all their transitions, ending when all
+                                           have finished (what the run page uses: browsers allow
+                                           six HTTP/1.1 connections per host, SSE streams included)
     GET /events?cursor=N                   WebSocket: sh.tangled.pipeline.status frames after
                                            event id N (or Unix nanoseconds, as Tangled's appview
                                            sends), then live; without a cursor, live only
     GET /runs/{knot}/{rkey}                the run page (HTML)
 
-Knots carry ports (`127.0.0.1:5555`); `{knot}` matches any single path segment, ':' included.
+Knots carry ports (`127.0.0.1:5555`); `{knot}` matches any single path segment, ':' included, so
+the two status routes never shadow each other: one has two segments after /status, the other three.
+SSE event ids are status event ids; a client sending one back as Last-Event-ID resumes after it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from importlib import resources
 from typing import Annotated, Any
 
@@ -24,6 +31,7 @@ from fastapi import APIRouter, Depends, Header, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
+from app.context import AppContext
 from app.deps import CtxDep
 from app.runs import service as runs_service
 from app.runs.models import Status, WorkflowRun
@@ -164,6 +172,63 @@ def _sse(item: Mapping[str, Any]) -> str:
     return f"id: {item['id']}\ndata: {data}\n\n"
 
 
+async def _status_stream(
+    ctx: AppContext, feeds: Feeds, runs: Sequence[WorkflowRun], last_event_id: str | None
+) -> Response:
+    """`runs`' transitions as Server-Sent Events: now (or after Last-Event-ID), then live, to the end."""
+    run_ids = [run.id for run in runs]
+    resume = _last_event_id(last_event_id)
+    if resume is not None and all(Status(run.status).is_finished for run in runs):
+        async with ctx.sessionmaker() as session:
+            latest = await service.latest_status_items(session=session, run_ids=run_ids)
+        if resume >= max((int(item["id"]) for item in latest), default=0):
+            # An EventSource reconnects after the stream ends; 204 tells it there is nothing more.
+            return Response(status_code=204)
+
+    async def stream() -> AsyncGenerator[str, None]:
+        yield f"retry: {SSE_RETRY_MS}\n\n"
+        batches = watch.follow_status(
+            sessionmaker=ctx.sessionmaker,
+            broker=ctx.broker,
+            feeds=feeds,
+            run_ids=run_ids,
+            after=resume,
+            idle=KEEPALIVE_SECONDS,
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                yield "".join(_sse(item) for item in batch) if batch else ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/status/{knot}/{rkey}", response_model=None)
+async def pipeline_status(
+    request: Request,
+    knot: str,
+    rkey: str,
+    ctx: CtxDep,
+    feeds: FeedsDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Every workflow's status as JSON, or one Server-Sent Events stream of all their transitions."""
+    async with ctx.sessionmaker() as session:
+        pipeline = await service.find_pipeline(session=session, knot=knot, rkey=rkey)
+    if pipeline is None:
+        raise NotFound(f"no pipeline {rkey!r} of knot {knot!r}")
+    if _wants_event_stream(request.headers.get("accept")):
+        return await _status_stream(ctx, feeds, pipeline.workflow_runs, last_event_id)
+    async with ctx.sessionmaker() as session:
+        workflows = await service.status_documents(
+            session=session, settings=ctx.settings, pipeline=pipeline, runs=pipeline.workflow_runs
+        )
+    return JSONResponse({"knot": pipeline.knot, "pipelineRkey": pipeline.rkey, "workflows": workflows})
+
+
 @router.get("/status/{knot}/{rkey}/{workflow}", response_model=None)
 async def run_status(
     request: Request,
@@ -178,40 +243,13 @@ async def run_status(
     run = await _find_run(ctx, knot, rkey, workflow)
     if run is None:
         raise _no_run(knot, rkey, workflow)
-    if not _wants_event_stream(request.headers.get("accept")):
-        async with ctx.sessionmaker() as session:
-            events = await service.status_items_after(session=session, after=0, run_id=run.id)
-        return JSONResponse(
-            service.status_document(settings=ctx.settings, run=run, pipeline=run.pipeline, events=events)
+    if _wants_event_stream(request.headers.get("accept")):
+        return await _status_stream(ctx, feeds, [run], last_event_id)
+    async with ctx.sessionmaker() as session:
+        (doc,) = await service.status_documents(
+            session=session, settings=ctx.settings, pipeline=run.pipeline, runs=[run]
         )
-
-    resume = _last_event_id(last_event_id)
-    if resume is not None and Status(run.status).is_finished:
-        async with ctx.sessionmaker() as session:
-            latest = await service.latest_status_item(session=session, run_id=run.id)
-        if latest is None or resume >= int(latest["id"]):
-            # An EventSource reconnects after the stream ends; 204 tells it there is nothing more.
-            return Response(status_code=204)
-
-    async def stream() -> AsyncGenerator[str, None]:
-        yield f"retry: {SSE_RETRY_MS}\n\n"
-        batches = watch.follow_status(
-            sessionmaker=ctx.sessionmaker,
-            broker=ctx.broker,
-            feeds=feeds,
-            run_id=run.id,
-            after=resume,
-            idle=KEEPALIVE_SECONDS,
-        )
-        async with contextlib.aclosing(batches):
-            async for batch in batches:
-                yield "".join(_sse(item) for item in batch) if batch else ": keep-alive\n\n"
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return JSONResponse(doc)
 
 
 # --- events ------------------------------------------------------------------------------

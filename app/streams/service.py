@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer, joinedload
+from sqlalchemy.orm import defer, joinedload, selectinload
 
 from app.config import Settings
 from app.engine.logs import line_payload
@@ -88,6 +88,15 @@ async def find_run(*, session: AsyncSession, knot: str, rkey: str, workflow: str
     )
 
 
+async def find_pipeline(*, session: AsyncSession, knot: str, rkey: str) -> Pipeline | None:
+    """The pipeline (knot, rkey) with its workflow runs (without their sources), if any."""
+    return await session.scalar(
+        select(Pipeline)
+        .where(Pipeline.knot == knot, Pipeline.rkey == rkey)
+        .options(selectinload(Pipeline.workflow_runs).defer(WorkflowRun.source))
+    )
+
+
 async def run_status(*, session: AsyncSession, run_id: int) -> Status:
     """The run's current status, read fresh from the database."""
     status = await session.scalar(select(WorkflowRun.status).where(WorkflowRun.id == run_id))
@@ -108,7 +117,7 @@ async def log_items_after(
     return [line_payload(dict(row)) for row in rows.mappings()]
 
 
-def _events_query(*, newest_first: bool = False) -> Any:
+def _events_query() -> Any:
     return (
         select(StatusEvent, WorkflowRun)
         .join(WorkflowRun, StatusEvent.workflow_run_id == WorkflowRun.id)
@@ -116,19 +125,31 @@ def _events_query(*, newest_first: bool = False) -> Any:
             defer(WorkflowRun.source),
             joinedload(WorkflowRun.pipeline).lazyload(Pipeline.workflow_runs),
         )
-        .order_by(StatusEvent.id.desc() if newest_first else StatusEvent.id)
+        .order_by(StatusEvent.id)
     )
 
 
 async def status_items_after(
-    *, session: AsyncSession, after: int, run_id: int | None = None, limit: int = PAGE_SIZE
+    *, session: AsyncSession, after: int, run_ids: Sequence[int] | None = None, limit: int = PAGE_SIZE
 ) -> list[dict[str, Any]]:
-    """Up to `limit` transitions with id > `after` (of one run, or of all), oldest first."""
+    """Up to `limit` transitions with id > `after` (of the runs `run_ids`, or of all), oldest first."""
     query = _events_query().where(StatusEvent.id > after).limit(limit)
-    if run_id is not None:
-        query = query.where(StatusEvent.workflow_run_id == run_id)
+    if run_ids is not None:
+        query = query.where(StatusEvent.workflow_run_id.in_(run_ids))
     result = await session.execute(query)
     return [event_payload(run, event) for event, run in result.all()]
+
+
+async def all_status_items(*, session: AsyncSession, run_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Every transition of the runs `run_ids`, oldest first."""
+    items: list[dict[str, Any]] = []
+    while True:
+        page = await status_items_after(
+            session=session, after=int(items[-1]["id"]) if items else 0, run_ids=run_ids
+        )
+        items += page
+        if len(page) < PAGE_SIZE:
+            return items
 
 
 async def event_id_before(*, session: AsyncSession, since: datetime) -> int:
@@ -139,13 +160,21 @@ async def event_id_before(*, session: AsyncSession, since: datetime) -> int:
     return int(first) - 1
 
 
+async def latest_status_items(*, session: AsyncSession, run_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The most recent transition of each of the runs `run_ids` that has one, oldest first."""
+    newest = (
+        select(func.max(StatusEvent.id))
+        .where(StatusEvent.workflow_run_id.in_(run_ids))
+        .group_by(StatusEvent.workflow_run_id)
+    )
+    result = await session.execute(_events_query().where(StatusEvent.id.in_(newest)))
+    return [event_payload(run, event) for event, run in result.all()]
+
+
 async def latest_status_item(*, session: AsyncSession, run_id: int) -> dict[str, Any] | None:
     """The run's most recent transition."""
-    result = await session.execute(
-        _events_query(newest_first=True).where(StatusEvent.workflow_run_id == run_id).limit(1)
-    )
-    row = result.first()
-    return event_payload(row[1], row[0]) if row else None
+    items = await latest_status_items(session=session, run_ids=(run_id,))
+    return items[0] if items else None
 
 
 async def last_event_id(*, session: AsyncSession) -> int:
@@ -278,10 +307,22 @@ def run_url(settings: Settings, knot: str, rkey: str) -> str:
     return f"{settings.base_url}/runs/{run_path(knot, rkey)}"
 
 
+async def status_documents(
+    *, session: AsyncSession, settings: Settings, pipeline: Pipeline, runs: Sequence[WorkflowRun]
+) -> list[dict[str, Any]]:
+    """The status document of each of `runs` (of `pipeline`), in the order given."""
+    events: dict[int, list[dict[str, Any]]] = {run.id: [] for run in runs}
+    for item in await all_status_items(session=session, run_ids=list(events)):
+        events[item["workflowRunId"]].append(item)
+    return [
+        status_document(settings=settings, run=run, pipeline=pipeline, events=events[run.id]) for run in runs
+    ]
+
+
 def status_document(
     *, settings: Settings, run: WorkflowRun, pipeline: Pipeline, events: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
-    """What `GET /status/...` answers: the run's state, its URLs and every transition so far."""
+    """What `GET /status/.../{workflow}` answers: the run's state, its URLs and every transition so far."""
     urls = runs_service.workflow_result(
         settings=settings, knot=pipeline.knot, rkey=pipeline.rkey, workflow=run.name
     )

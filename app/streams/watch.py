@@ -1,4 +1,4 @@
-"""Following a run's log, a run's status, or every transition: history first, then live.
+"""Following a run's log, a run's or a pipeline's status, or every transition: history first, then live.
 
 Each follower subscribes to the broker *before* reading the database, so nothing committed in
 between is lost; it then reads the rows after the last id it yielded, and from then on waits
@@ -10,7 +10,7 @@ broker; it then resubscribes and catches up from the database.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -123,33 +123,56 @@ async def follow_status(
     sessionmaker: async_sessionmaker[AsyncSession],
     broker: Broker,
     feeds: feeds_.Feeds,
-    run_id: int,
+    run_ids: Sequence[int],
     after: int | None = None,
     idle: float | None = None,
 ) -> AsyncGenerator[Batch, None]:
-    """The run's current transition (or every one after `after`), then each new one; ends when finished.
+    """The runs' current transitions (or every one after `after`), then each new one; ends when all finished.
 
-    After `idle` seconds without a transition it yields an empty batch, for keep-alives.
+    One run is a workflow's status stream, all of a pipeline's runs the pipeline's. After `idle`
+    seconds without a transition it yields an empty batch, for keep-alives.
     """
-    seen = service.SeenIds(after or 0)
-    spec = feeds_.status_feed(run_id)
-    topics = _Topics(broker, spec.topic)
+    if not run_ids:
+        return
+    # Ids are deduplicated per run: one writer appends a run's transitions in id order, but two
+    # runs' transactions may commit out of id order (PostgreSQL), and one floor would drop the later.
+    seen = {run_id: service.SeenIds(after or 0) for run_id in run_ids}
+    finished = dict.fromkeys(run_ids, False)
+    specs = [feeds_.status_feed(run_id) for run_id in run_ids]
+    topics = _Topics(broker, *(spec.topic for spec in specs))
 
-    async def catch_up() -> Batch:
-        if after is None and seen.last == 0:
-            async with sessionmaker() as session:
-                latest = await service.latest_status_item(session=session, run_id=run_id)
-            return seen.fresh([latest] if latest else [])
-        # A run has a handful of transitions: one page holds them all.
-        return [item async for batch in _pages(sessionmaker, seen, spec.read) for item in batch]
+    def fresh(items: Iterable[Mapping[str, Any]]) -> Batch:
+        batch = [item for item in items if seen[item["workflowRunId"]].add(int(item["id"]))]
+        for item in batch:
+            finished[item["workflowRunId"]] = service.is_finished(item)
+        return batch
+
+    async def catch_up(*, start: bool = False) -> Batch:
+        async with sessionmaker() as session:
+            latest = await service.latest_status_items(session=session, run_ids=run_ids)
+            # A run whose every transition the client already has may be finished too.
+            finished.update((item["workflowRunId"], service.is_finished(item)) for item in latest)
+            if start and after is None:
+                return fresh(latest)
+            # A pipeline's runs have a few transitions each: few pages, read before anything is sent.
+            batch: Batch = []
+            cursor = min(run_seen.floor for run_seen in seen.values())
+            while True:
+                items = await service.status_items_after(session=session, after=cursor, run_ids=run_ids)
+                batch += fresh(items)
+                if len(items) < service.PAGE_SIZE:
+                    return batch
+                cursor = int(items[-1]["id"])
 
     try:
-        batch = await catch_up()
+        batch = await catch_up(start=True)
         if batch:
             yield batch
-            if service.is_finished(batch[-1]):
-                return
-        with feeds.hold(spec, after=seen.last):
+        if all(finished.values()):
+            return
+        with contextlib.ExitStack() as holding:
+            for run_id, spec in zip(run_ids, specs, strict=True):
+                holding.enter_context(feeds.hold(spec, after=seen[run_id].last))
             while True:
                 entry = await topics.next(idle)
                 if topics.take_renewed():
@@ -158,11 +181,11 @@ async def follow_status(
                     yield []
                     continue
                 else:
-                    batch = seen.fresh(_as_list(entry[1]))
+                    batch = fresh(_as_list(entry[1]))
                 if batch:
                     yield batch
-                    if service.is_finished(batch[-1]):
-                        return
+                if all(finished.values()):
+                    return
     finally:
         topics.close()
 

@@ -65,3 +65,32 @@ def test_run_page_of_an_unknown_pipeline_says_so(service, browser):
     browser.get(f"{service.url}/runs/{KNOT}/3bnothing")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Pipeline not found"
     assert "3bnothing" in browser.find_element(By.TAG_NAME, "main").text
+
+
+def test_run_page_follows_eight_workflows_over_one_status_stream(service, browser):
+    # A hostile name among them: the page finds a workflow's section by name without a selector.
+    names = (*(f"job{i}" for i in range(7)), HOSTILE)
+    runs = service.engine.now("pipeline", "3bwide", names)
+    browser.get(f"{service.url}/runs/{KNOT}/3bwide")
+    wait = WebDriverWait(browser, PATIENCE)
+
+    def badges() -> dict[str, str]:
+        sections = browser.find_elements(By.CSS_SELECTOR, "section.workflow")
+        return {
+            s.get_attribute("data-workflow"): s.find_element(By.CSS_SELECTOR, ".badge").text for s in sections
+        }
+
+    # Live transitions while every run is unfinished: one stream per workflow would leave two of
+    # eight waiting for a connection (six per host), and their badges would stay "pending".
+    for name in names:
+        service.engine.now("move", runs[name], Status.RUNNING)
+    wait.until(lambda _: set(badges().values()) == {"running"})
+    finals = [Status.SUCCESS, Status.FAILED, Status.TIMEOUT, Status.CANCELLED] * 2
+    for name, final in zip(names, finals, strict=True):
+        service.engine.now("move", runs[name], final)
+    wait.until(lambda _: badges() == {name: final.value for name, final in zip(names, finals, strict=True)})
+    wait.until(
+        lambda _: browser.find_element(By.TAG_NAME, "main").get_attribute("data-status-stream") == "closed"
+    )
+    assert browser.title != "pwned"
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []

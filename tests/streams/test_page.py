@@ -30,7 +30,9 @@ def parse(html: str) -> list[tuple[str, dict[str, str | None]]]:
     return parser.tags
 
 
-async def test_run_page_lists_each_workflow_with_its_status_and_stream_paths(make_settings, sqlite_url):
+async def test_run_page_lists_each_workflow_with_its_status_and_log_path_and_one_status_path(
+    make_settings, sqlite_url
+):
     async with running_app(make_settings(database_url=sqlite_url)) as (app, client):
         recorder = Recorder(context_of(app).sessionmaker, context_of(app).broker)
         runs = await recorder.pipeline("3ppage", ("build", "test"))
@@ -42,10 +44,14 @@ async def test_run_page_lists_each_workflow_with_its_status_and_stream_paths(mak
     csp = response.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "default-src 'none'" in csp
     sections = [attrs for tag, attrs in parse(response.text) if tag == "section"]
-    assert [(s["data-workflow"], s["data-logs-path"], s["data-status-path"]) for s in sections] == [
-        ("build", f"../../logs/{KNOT}/3ppage/build", f"../../status/{KNOT}/3ppage/build"),
-        ("test", f"../../logs/{KNOT}/3ppage/test", f"../../status/{KNOT}/3ppage/test"),
+    assert [(s["data-workflow"], s["data-logs-path"]) for s in sections] == [
+        ("build", f"../../logs/{KNOT}/3ppage/build"),
+        ("test", f"../../logs/{KNOT}/3ppage/test"),
     ]
+    assert all("data-status-path" not in s for s in sections)
+    # The whole pipeline's statuses come over one stream, however many workflows it has.
+    (main,) = [attrs for tag, attrs in parse(response.text) if tag == "main"]
+    assert main["data-status-path"] == f"../../status/{KNOT}/3ppage"
     badges = [attrs["class"] for tag, attrs in parse(response.text) if attrs.get("data-role") == "badge"]
     assert badges == ["badge status-pending", "badge status-running"]
     scripts = [attrs for tag, attrs in parse(response.text) if tag == "script"]
