@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from app.identity.resolver import DidResolver
     from app.knot.client import KnotClient
     from app.knot.events import KnotEventConsumer
+    from app.repos.service import RegistrationCache
+    from app.runs.writer import PipelineWriter
 
 
 @dataclass
@@ -31,4 +33,6 @@ class AppContext:
     knot: KnotClient
     scheduler: Scheduler
     consumer: KnotEventConsumer
+    writer: PipelineWriter
+    registrations: RegistrationCache
     extras: dict[str, Any] = field(default_factory=dict)

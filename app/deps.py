@@ -13,15 +13,16 @@ from app.config import Settings
 from app.context import AppContext
 
 
-def get_ctx(conn: HTTPConnection) -> AppContext:
-    # HTTPConnection, not Request: WebSocket routes depend on the context too.
+async def get_ctx(conn: HTTPConnection) -> AppContext:
+    # HTTPConnection, not Request: WebSocket routes depend on the context too. async: FastAPI
+    # runs a plain `def` dependency in a worker thread, a thread hop on every request.
     return conn.app.state.ctx  # type: ignore[no-any-return]
 
 
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 
-def get_settings(ctx: CtxDep) -> Settings:
+async def get_settings(ctx: CtxDep) -> Settings:
     return ctx.settings
 
 

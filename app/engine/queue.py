@@ -52,6 +52,9 @@ STALE_AFTER = 60.0
 RESTART_ERROR = "the spindle restarted while this run was running"
 SHUTDOWN_ERROR = "the spindle shut down while this run was running"
 CANCELLED_PENDING = "cancelled before it started"
+# Recording a run's end is retried this often (doubling) while the database is unavailable.
+FINISH_RETRY_START = 0.5
+FINISH_RETRY_MAX = 5.0
 
 
 def default_instance_id(settings: Settings) -> str:
@@ -337,12 +340,27 @@ class Scheduler:
             await logs.close()
             if outcome.status is Status.SUCCESS and outcome.exit_code is None:
                 outcome.exit_code = 0
-            await self._finish(spec.run_id, outcome, owner=self.instance_id)
+            await self._record_end(spec.run_id, outcome)
         except Exception:
             log.exception("could not record the end of run %d", spec.run_id)
         finally:
             self.active.pop(spec.run_id, None)
             self._wake.set()  # a slot is free
+
+    async def _record_end(self, run_id: int, outcome: RunOutcome) -> None:
+        """`_finish`, retried while the database is away: a run of ours left `running` would stay so
+        until a restart (the stale sweep skips this instance's runs, and heartbeats keep others off)."""
+        delay = FINISH_RETRY_START
+        while True:
+            try:
+                await self._finish(run_id, outcome, owner=self.instance_id)
+                return
+            except Exception as exc:
+                if self._stopping:
+                    raise  # the next start fails it with RESTART_ERROR
+                log.warning("could not record the end of run %d (%r); retrying in %g s", run_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FINISH_RETRY_MAX)
 
     async def _finish(
         self, run_id: int, outcome: RunOutcome, *, owner: str | None, stale_before: Any = None

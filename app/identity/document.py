@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.identity.exceptions import InvalidDidDocument
+from app.identity.exceptions import InvalidDidDocument, UnreadableAnswer
 from app.identity.keys import VerifyingKey, key_from_verification_method
 
 
@@ -33,7 +33,7 @@ def parse_document(*, did: str, body: bytes) -> DidDocument:
     try:
         raw = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidDidDocument(did, "the answer is not JSON") from None
+        raise UnreadableAnswer(did, "the answer is not JSON") from None
     if not isinstance(raw, dict):
         raise InvalidDidDocument(did, "the answer is not a JSON object")
     # Without this check any host or directory could serve another identity's keys.

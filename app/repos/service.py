@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -61,9 +64,67 @@ async def knots(*, session: AsyncSession) -> list[str]:
     return list(await session.scalars(select(Repo.knot).distinct().order_by(Repo.knot)))
 
 
+@dataclass(frozen=True, slots=True)
+class Rights:
+    """Who may trigger a registered repo, as read from its registration."""
+
+    owner_did: str
+    collaborators: frozenset[str]
+
+    def may_trigger(self, actor: str, spindle_owner: str | None) -> bool:
+        return actor == self.owner_did or actor in self.collaborators or actor == spindle_owner
+
+
+# How long a registration read from the database is trusted: `spindle repo remove` (another
+# process) takes effect on triggers within this time. Unregistered repos are never cached, so a
+# `spindle repo add` takes effect at once.
+REGISTRATION_TTL = 1.0
+REGISTRATION_CACHE_SIZE = 10_000
+
+
+class RegistrationCache:
+    """Registrations read in the last REGISTRATION_TTL seconds, so that a busy repo's triggers
+    do not each read the registry; bounded (the oldest entries go first)."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = REGISTRATION_TTL,
+        max_entries: int = REGISTRATION_CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[tuple[str, str, str], tuple[float, Rights]] = {}
+
+    def get(self, *, knot: str, did: str, name: str) -> Rights | None:
+        """The rights of (knot, did, name) if they were read less than `ttl` seconds ago."""
+        entry = self._entries.get((knot, did, name))
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[(knot, did, name)]
+            return None
+        return entry[1]
+
+    def put(self, repo: Repo) -> Rights:
+        """Remember the rights of a registration just read; they are returned."""
+        rights = Rights(repo.owner_did, frozenset(repo.collaborators or ()))
+        key = (repo.knot, repo.did, repo.name)
+        self._entries.pop(key, None)
+        if len(self._entries) >= self.max_entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (self._clock() + self.ttl, rights)
+        return rights
+
+
+RepoT = TypeVar("RepoT", Repo, Rights)
+
+
 def check_rights(
-    repo: Repo | None, *, spindle_owner: str | None, actor: str, knot: str, did: str, name: str
-) -> Repo:
+    repo: RepoT | None, *, spindle_owner: str | None, actor: str, knot: str, did: str, name: str
+) -> RepoT:
     """`repo` (the registration found for knot, did, name) if `actor` may trigger it; else 403."""
     if repo is None:
         raise Forbidden(f"the repo {did}/{name} on knot {knot} is not registered with this spindle")

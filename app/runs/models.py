@@ -75,7 +75,12 @@ class Pipeline(Base):
 
     @property
     def pipeline_uri(self) -> str:
-        return f"at://did:web:{self.knot.replace(':', '%3A')}/sh.tangled.pipeline/{self.rkey}"
+        return pipeline_uri(self.knot, self.rkey)
+
+
+def pipeline_uri(knot: str, rkey: str) -> str:
+    """The at:// URI Tangled names a pipeline by: the knot as a did:web, the rkey."""
+    return f"at://did:web:{knot.replace(':', '%3A')}/sh.tangled.pipeline/{rkey}"
 
 
 class WorkflowRun(Base):

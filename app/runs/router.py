@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from app.auth.deps import service_auth
-from app.deps import CtxDep, SessionDep
+from app.deps import CtxDep
 from app.runs import schemas, service
 from app.xrpc.body import read_json_object
 
@@ -18,14 +18,14 @@ TriggerIssuerDep = Annotated[str, Depends(service_auth(schemas.TRIGGER_NSID))]
 
 
 @router.post(f"/xrpc/{schemas.TRIGGER_NSID}")
-async def trigger(
-    request: Request, issuer: TriggerIssuerDep, ctx: CtxDep, session: SessionDep
-) -> JSONResponse:
+async def trigger(request: Request, issuer: TriggerIssuerDep, ctx: CtxDep) -> JSONResponse:
     """Run a repo's workflows at a commit; the body is read only after the token is verified."""
     body = await read_json_object(request, max_bytes=schemas.MAX_BODY_BYTES)
     req = schemas.parse_trigger_input(body)
     out = await service.trigger(
-        session=session,
+        sessionmaker=ctx.sessionmaker,
+        writer=ctx.writer,
+        registrations=ctx.registrations,
         knot=ctx.knot,
         settings=ctx.settings,
         broker=ctx.broker,
@@ -33,4 +33,4 @@ async def trigger(
         actor=issuer,
         req=req,
     )
-    return JSONResponse(out.model_dump())
+    return JSONResponse(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,12 +56,20 @@ class WorkflowResult(BaseModel):
     statusUrl: str  # noqa: N815
 
 
-class TriggerOutput(BaseModel):
+class WorkflowUrls(TypedDict):
+    workflow: str
+    logsUrl: str  # noqa: N815
+    statusUrl: str  # noqa: N815
+
+
+class TriggerOutput(TypedDict):
+    """The lexicon's output; a plain dict (no model to build per request)."""
+
     submitted: bool
     knot: str
     pipelineRkey: str  # noqa: N815
     ref: str
-    workflows: list[WorkflowResult]
+    workflows: list[WorkflowUrls]
 
 
 def _shown(value: str) -> str:

@@ -1,4 +1,11 @@
-"""Pipelines: the manual trigger, and recording a pipeline with its workflow runs exactly once."""
+"""Pipelines: the manual trigger, and recording a pipeline with its workflow runs exactly once.
+
+The trigger's warm path (the repo's registration read in the last second, the workflow files at
+the commit cached) reads nothing from the database: the pipeline goes to the group-committing
+PipelineWriter (writer.py), and a record key already taken comes back from it as a conflict.
+Otherwise one query reads the registration and any pipeline under the record key first, so that a
+retry is answered without contacting the knot.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +16,18 @@ from urllib.parse import quote
 
 from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.knot.client import KnotClient, WorkflowFile
 from app.repos import service as repos_service
 from app.repos.models import Repo
+from app.repos.service import RegistrationCache
+from app.runs import schemas
 from app.runs.models import Pipeline, Status, StatusEvent, WorkflowRun
-from app.runs.schemas import TriggerInput, TriggerOutput, WorkflowResult
-from app.runs.status import announce, transition
+from app.runs.schemas import TriggerInput, WorkflowResult
+from app.runs.status import announce, payload, publish, transition
+from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun, StoredPipeline
 from app.streams.broker import Broker
 from app.workflows.inputs import resolve_inputs
 from app.workflows.parser import Workflow, parse_workflow
@@ -26,17 +36,9 @@ from app.xrpc.errors import Forbidden, InvalidRequest
 if TYPE_CHECKING:
     from app.engine.queue import Scheduler
 
+__all__ = ["PlannedRun", "find_pipeline", "plan_runs", "record_pipeline", "trigger", "workflow_result"]
+
 MAX_STEM_CHARS = 255
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """A workflow run to record: the file's stem, path and source, and its resolved inputs."""
-
-    name: str
-    path: str
-    source: str
-    inputs: dict[str, str]
 
 
 @dataclass
@@ -104,37 +106,53 @@ def announce_recorded(*, broker: Broker, recorded: Recorded) -> None:
         announce(broker, run, event)
 
 
+def workflow_urls(*, settings: Settings, knot: str, rkey: str, workflow: str) -> schemas.WorkflowUrls:
+    """The stream URLs of one workflow run, as the trigger answers them."""
+    path = f"{quote(knot, safe=':')}/{quote(rkey, safe='')}/{quote(workflow, safe='')}"
+    return {
+        "workflow": workflow,
+        "logsUrl": f"{settings.ws_base_url}/logs/{path}",
+        "statusUrl": f"{settings.base_url}/status/{path}",
+    }
+
+
 def workflow_result(*, settings: Settings, knot: str, rkey: str, workflow: str) -> WorkflowResult:
     """The stream URLs of one workflow run."""
-    path = f"{quote(knot, safe=':')}/{quote(rkey, safe='')}/{quote(workflow, safe='')}"
-    return WorkflowResult(
-        workflow=workflow,
-        logsUrl=f"{settings.ws_base_url}/logs/{path}",
-        statusUrl=f"{settings.base_url}/status/{path}",
-    )
+    return WorkflowResult(**workflow_urls(settings=settings, knot=knot, rkey=rkey, workflow=workflow))
 
 
-def _output(*, settings: Settings, pipeline: Pipeline) -> TriggerOutput:
-    return TriggerOutput(
-        submitted=True,
-        knot=pipeline.knot,
-        pipelineRkey=pipeline.rkey,
-        ref=pipeline.sha,
-        workflows=[
-            workflow_result(settings=settings, knot=pipeline.knot, rkey=pipeline.rkey, workflow=run.name)
-            for run in pipeline.workflow_runs
+def _output(*, settings: Settings, stored: StoredPipeline) -> schemas.TriggerOutput:
+    return {
+        "submitted": True,
+        "knot": stored.knot,
+        "pipelineRkey": stored.rkey,
+        "ref": stored.sha,
+        "workflows": [
+            workflow_urls(settings=settings, knot=stored.knot, rkey=stored.rkey, workflow=workflow)
+            for workflow in stored.workflows
         ],
+    }
+
+
+def _stored(pipeline: Pipeline) -> StoredPipeline:
+    return StoredPipeline(
+        created=False,
+        knot=pipeline.knot,
+        rkey=pipeline.rkey,
+        sha=pipeline.sha,
+        request_digest=pipeline.request_digest,
+        workflows=tuple(run.name for run in pipeline.workflow_runs),
     )
 
 
-def _replay(*, settings: Settings, pipeline: Pipeline, digest: str) -> TriggerOutput:
+def _replay(*, settings: Settings, stored: StoredPipeline, digest: str) -> schemas.TriggerOutput:
     """A retry of the same trigger gets the stored answer; a different one reusing the rkey, 400."""
-    if pipeline.request_digest != digest:
+    if stored.request_digest != digest:
         raise InvalidRequest(
-            f"pipelineRkey {pipeline.rkey} was already used on knot {pipeline.knot} "
+            f"pipelineRkey {stored.rkey} was already used on knot {stored.knot} "
             "for a different trigger: use a new record key"
         )
-    return _output(settings=settings, pipeline=pipeline)
+    return _output(settings=settings, stored=stored)
 
 
 def plan_runs(*, files: Sequence[WorkflowFile], inputs: dict[str, str]) -> list[PlannedRun]:
@@ -157,62 +175,107 @@ def plan_runs(*, files: Sequence[WorkflowFile], inputs: dict[str, str]) -> list[
     ]
 
 
+async def _registration(
+    *, sessionmaker: async_sessionmaker[AsyncSession], registrations: RegistrationCache, req: TriggerInput
+) -> tuple[Repo | None, Pipeline | None]:
+    """The registration of the request's repo, and the pipeline already under its rkey, if any."""
+    async with sessionmaker() as session:
+        # One round trip: the registration, and whether a pipeline has this record key.
+        row = (
+            await session.execute(
+                select(Repo, Pipeline.id)
+                .outerjoin(Pipeline, and_(Pipeline.knot == req.knot, Pipeline.rkey == req.pipeline_rkey))
+                .where(Repo.knot == req.knot, Repo.did == req.repo_did, Repo.name == req.repo_name)
+            )
+        ).first()
+        repo, existing = (row[0], row[1]) if row is not None else (None, None)
+        if repo is not None:
+            registrations.put(repo)
+        pipeline = None
+        if existing is not None:
+            pipeline = await find_pipeline(session=session, knot=req.knot, rkey=req.pipeline_rkey)
+    return repo, pipeline
+
+
 async def trigger(
     *,
-    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    writer: PipelineWriter,
+    registrations: RegistrationCache,
     knot: KnotClient,
     settings: Settings,
     broker: Broker,
     scheduler: Scheduler,
     actor: str,
     req: TriggerInput,
-) -> TriggerOutput:
+) -> schemas.TriggerOutput:
     """Authorize, read the workflows at the commit, record the pipeline once and wake the engine."""
     if actor != req.actor:
         raise Forbidden(f"the token was issued by {actor}, but the trigger's actor is {req.actor}")
-    # One round trip: the registration, and a pipeline already recorded under this record key.
-    row = (
-        await session.execute(
-            select(Repo, Pipeline.id)
-            .outerjoin(Pipeline, and_(Pipeline.knot == req.knot, Pipeline.rkey == req.pipeline_rkey))
-            .where(Repo.knot == req.knot, Repo.did == req.repo_did, Repo.name == req.repo_name)
-        )
-    ).first()
-    repos_service.check_rights(
-        row[0] if row else None,
-        spindle_owner=settings.owner,
-        actor=actor,
-        knot=req.knot,
-        did=req.repo_did,
-        name=req.repo_name,
-    )
-    digest = req.digest()
-    if row is not None and row[1] is not None:
-        existing = await find_pipeline(session=session, knot=req.knot, rkey=req.pipeline_rkey)
-        if existing is not None:
-            return _replay(settings=settings, pipeline=existing, digest=digest)
+    rights = registrations.get(knot=req.knot, did=req.repo_did, name=req.repo_name)
     where = {"knot": req.knot, "repo_did": req.repo_did, "repo_name": req.repo_name, "sha": req.ref}
     files = knot.cached_workflow_files(**where)
-    if files is None:
-        # End the read transaction: no connection (or snapshot) is held while the knot answers.
-        await session.commit()
-        files = await knot.workflow_files(**where)
-    runs = plan_runs(files=files, inputs=req.inputs)
-    recorded = await record_pipeline(
-        session=session,
-        knot=req.knot,
-        rkey=req.pipeline_rkey,
-        repo_did=req.repo_did,
-        repo_name=req.repo_name,
-        sha=req.ref,
-        actor=actor,
-        trigger_kind="manual",
-        trigger={"inputs": req.inputs},
-        request_digest=digest,
-        runs=runs,
+    digest = req.digest()
+    if rights is not None and files is not None:
+        # Warm path: no read at all; a reused rkey shows up as a conflict when recording.
+        repos_service.check_rights(rights, spindle_owner=settings.owner, actor=actor, **_repo_of(req))
+    else:
+        repo, existing = await _registration(sessionmaker=sessionmaker, registrations=registrations, req=req)
+        repos_service.check_rights(repo, spindle_owner=settings.owner, actor=actor, **_repo_of(req))
+        if existing is not None:
+            return _replay(settings=settings, stored=_stored(existing), digest=digest)
+        if files is None:
+            files = await knot.workflow_files(**where)
+    try:
+        runs = plan_runs(files=files, inputs=req.inputs)
+    except InvalidRequest:
+        # A reused record key is reported as such, whatever this request's inputs are worth.
+        async with sessionmaker() as session:
+            existing = await find_pipeline(session=session, knot=req.knot, rkey=req.pipeline_rkey)
+        if existing is not None:
+            return _replay(settings=settings, stored=_stored(existing), digest=digest)
+        raise
+    stored = await writer.record(
+        NewPipeline(
+            knot=req.knot,
+            rkey=req.pipeline_rkey,
+            repo_did=req.repo_did,
+            repo_name=req.repo_name,
+            sha=req.ref,
+            actor=actor,
+            trigger_kind="manual",
+            trigger={"inputs": req.inputs},
+            request_digest=digest,
+            runs=runs,
+        )
     )
-    if not recorded.created:
-        return _replay(settings=settings, pipeline=recorded.pipeline, digest=digest)
-    announce_recorded(broker=broker, recorded=recorded)
+    if not stored.created:
+        return _replay(settings=settings, stored=stored, digest=digest)
+    announce_stored(broker=broker, stored=stored)
     scheduler.wake()
-    return _output(settings=settings, pipeline=recorded.pipeline)
+    return _output(settings=settings, stored=stored)
+
+
+def announce_stored(*, broker: Broker, stored: StoredPipeline) -> None:
+    """Tell this process's watchers about the committed `pending` events of a new pipeline."""
+    assert stored.created_at is not None
+    for event in stored.events:
+        publish(
+            broker,
+            event.run_id,
+            payload(
+                event_id=event.event_id,
+                run_id=event.run_id,
+                knot=stored.knot,
+                rkey=stored.rkey,
+                workflow=event.workflow,
+                status=Status.PENDING,
+                error=None,
+                exit_code=None,
+                created_at=stored.created_at,
+            ),
+        )
+
+
+def _repo_of(req: TriggerInput) -> dict[str, str]:
+    return {"knot": req.knot, "did": req.repo_did, "name": req.repo_name}

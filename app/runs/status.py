@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import utcnow
-from app.runs.models import Status, StatusEvent, WorkflowRun
+from app.runs.models import Status, StatusEvent, WorkflowRun, pipeline_uri
 from app.streams.broker import Broker
 
 EVENTS_TOPIC = "events"
@@ -47,22 +48,52 @@ def transition(
 
 def event_payload(run: WorkflowRun, event: StatusEvent) -> dict[str, Any]:
     """What status watchers receive: the run's identity and the transition."""
+    return payload(
+        event_id=event.id,
+        run_id=run.id,
+        knot=run.pipeline.knot,
+        rkey=run.pipeline.rkey,
+        workflow=run.name,
+        status=event.status,
+        error=event.error,
+        exit_code=event.exit_code,
+        created_at=event.created_at,
+    )
+
+
+def payload(
+    *,
+    event_id: int,
+    run_id: int,
+    knot: str,
+    rkey: str,
+    workflow: str,
+    status: Status,
+    error: str | None,
+    exit_code: int | None,
+    created_at: datetime,
+) -> dict[str, Any]:
+    """The watchers' payload from plain values (for writers that hold no ORM objects)."""
     return {
-        "id": event.id,
-        "workflowRunId": run.id,
-        "knot": run.pipeline.knot,
-        "pipelineRkey": run.pipeline.rkey,
-        "pipeline": run.pipeline.pipeline_uri,
-        "workflow": run.name,
-        "status": event.status.value,
-        "error": event.error,
-        "exitCode": event.exit_code,
-        "createdAt": event.created_at.isoformat().replace("+00:00", "Z"),
+        "id": event_id,
+        "workflowRunId": run_id,
+        "knot": knot,
+        "pipelineRkey": rkey,
+        "pipeline": pipeline_uri(knot, rkey),
+        "workflow": workflow,
+        "status": status.value,
+        "error": error,
+        "exitCode": exit_code,
+        "createdAt": created_at.isoformat().replace("+00:00", "Z"),
     }
 
 
 def announce(broker: Broker, run: WorkflowRun, event: StatusEvent) -> None:
     """Tell this process's watchers about a committed transition."""
-    payload = event_payload(run, event)
-    broker.publish(status_topic(run.id), payload)
-    broker.publish(EVENTS_TOPIC, payload)
+    publish(broker, run.id, event_payload(run, event))
+
+
+def publish(broker: Broker, run_id: int, item: dict[str, Any]) -> None:
+    """Hand a committed transition's payload to the run's and the /events watchers."""
+    broker.publish(status_topic(run_id), item)
+    broker.publish(EVENTS_TOPIC, item)

@@ -9,13 +9,17 @@ XrpcError
 ├── Forbidden (403)
 ├── NotFound (404)
 ├── MethodNotImplemented (501)
-└── UpstreamFailure (502)
+├── UpstreamFailure (502)
+└── ServiceUnavailable (503, Retry-After)   also what a database outage becomes (see below)
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 
+import asyncpg
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -83,6 +87,31 @@ class UpstreamFailure(XrpcError):
     error = "UpstreamFailure"
 
 
+class ServiceUnavailable(XrpcError):
+    status_code = 503
+    error = "ServiceUnavailable"
+    retry_after = 5
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+# A database that is down, restarting or out of connections. asyncpg raises its own errors (and
+# plain OSErrors) while connecting; SQLAlchemy wraps what a driver reports once connected.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,  # no pooled connection free within the pool timeout
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, or "cannot connect now"
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+)
+# A backend connection refused, reset, timed out or unresolvable: no route maps these itself
+# (the knot and DID clients turn theirs into UpstreamFailure / 401 first).
+BACKEND_UNAVAILABLE: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, socket.gaierror)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as `{"error","message"}`; a 500 never shows internals."""
 
@@ -117,6 +146,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"error": error, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
+
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # Internals (driver, address, SQL) go to the log, never to the client.
+        log.warning("%s %s: backend unavailable: %r", request.method, request.url.path, exc)
+        return ServiceUnavailable("the service is temporarily unavailable; try again shortly").to_response()
+
+    async def _dbapi(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return await _unavailable(request, exc)
+        return await _internal(request, exc)
+
+    for kind in DATABASE_UNAVAILABLE + BACKEND_UNAVAILABLE:
+        app.add_exception_handler(kind, _unavailable)
+    app.add_exception_handler(sqlalchemy.exc.DBAPIError, _dbapi)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -77,7 +77,10 @@ def xrpc_openapi(app: FastAPI) -> dict[str, Any]:
         schemas.pop(unused, None)
     schemas["XrpcError"] = ERROR_SCHEMA
     components.setdefault("securitySchemes", {})["serviceAuth"] = SECURITY_SCHEME
-    error = {"description": "An XRPC error", "content": _json({"$ref": "#/components/schemas/XrpcError"})}
+    error: dict[str, Any] = {
+        "description": "An XRPC error",
+        "content": _json({"$ref": "#/components/schemas/XrpcError"}),
+    }
     documents = lexicons().documents
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():

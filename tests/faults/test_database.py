@@ -7,6 +7,7 @@ again on the same port. No restart of the service in between.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -76,3 +77,70 @@ async def test_a_database_outage_is_503_and_the_service_recovers_without_a_resta
         rkeys = {p.rkey for p in await spindle.pipelines()}
         assert rkeys == {first["pipelineRkey"], after["pipelineRkey"]}
         assert await spindle.count(Pipeline) == 2
+
+
+SLEEPY = """\
+on: workflow_dispatch
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo step-started; sleep 1; echo step-finished
+"""
+WAIT_SECONDS = 90.0  # a safety net against hangs, not a timing assertion
+
+
+async def wait_until(what: str, check) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_run_that_ends_during_an_outage_is_recorded_once_the_database_is_back(
+    pg: PgServer, pg_url: str, make_settings, knot: TestKnot, alice: Identity
+):
+    port = free_port()
+    settings = make_settings(hostname=f"127.0.0.1:{port}", database_url=pg_url)
+    git = knot.create_repo(alice.did, "sleepy")
+    sha = git.commit({".github/workflows/ci.yml": SLEEPY})
+    async with serve(settings, port) as spindle:
+        await spindle.register(knot=knot.host, did=alice.did, name="sleepy")
+        scheduler = spindle.ctx.scheduler
+        finish_attempts: list[int] = []
+        original_finish = scheduler._finish
+
+        async def spy_finish(run_id, outcome, **kwargs):
+            finish_attempts.append(run_id)
+            return await original_finish(run_id, outcome, **kwargs)
+
+        scheduler._finish = spy_finish  # type: ignore[method-assign]
+        body = KnotRepo(knot, git, sha, alice).body()
+        answer = await spindle.trigger(body, by=alice)
+        assert answer.status_code == 200, answer.text
+        workflow = answer.json()["workflows"][0]
+        logs_path = workflow["logsUrl"].split(str(port), 1)[1]
+        status_path = workflow["statusUrl"].split(str(port), 1)[1]
+
+        async def started() -> bool:
+            return "step-started" in (await spindle.client.get(logs_path)).text
+
+        await wait_until("the step to start", started)
+        await spindle.engine.dispose()
+        pg.stop()
+
+        async def tried_to_record_the_end() -> bool:
+            return bool(finish_attempts)
+
+        await wait_until("the run to end while the database is down", tried_to_record_the_end)
+        pg.start()
+
+        async def finished() -> bool:
+            response = await spindle.client.get(status_path)
+            return response.status_code == 200 and response.json()["status"] not in ("pending", "running")
+
+        await wait_until("the end of the run to be recorded", finished)
+        status = (await spindle.client.get(status_path)).json()
+
+    assert status["status"] == "success", status
+    assert [e["status"] for e in status["events"]] == ["pending", "running", "success"]

@@ -68,7 +68,9 @@ NOT_AN_OBJECT: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("content", "fragment"), [c[1:] for c in NOT_AN_OBJECT], ids=[c[0] for c in NOT_AN_OBJECT])
+@pytest.mark.parametrize(
+    ("content", "fragment"), [c[1:] for c in NOT_AN_OBJECT], ids=[c[0] for c in NOT_AN_OBJECT]
+)
 async def test_rejects_a_body_that_is_not_one_json_object(hostile: Hostile, content: bytes, fragment: str):
     await refused(hostile, post_raw(hostile, content), 400, "InvalidRequest", fragment)
 
@@ -107,21 +109,21 @@ async def test_accepts_application_json_in_any_case_and_with_parameters(hostile:
 
 # -- every field, every wrong type ----------------------------------------------------------
 
-TYPE_CASES = [
-    (name, value) for name in REQUIRED for value in WRONG_TYPES
-]
+TYPE_CASES = [(name, value) for name in REQUIRED for value in WRONG_TYPES]
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), TYPE_CASES, ids=[f"{f}={json.dumps(v)}" for f, v in TYPE_CASES]
-)
+@pytest.mark.parametrize(("field", "value"), TYPE_CASES, ids=[f"{f}={json.dumps(v)}" for f, v in TYPE_CASES])
 async def test_rejects_a_required_field_of_the_wrong_json_type_naming_it(
     hostile: Hostile, field: str, value: Any
 ):
     body = {**hostile.repo.body(), field: value}
 
     await refused(
-        hostile, hostile.spindle.trigger(body, by=hostile.alice), 400, "InvalidRequest", f"{field} must be a string"
+        hostile,
+        hostile.spindle.trigger(body, by=hostile.alice),
+        400,
+        "InvalidRequest",
+        f"{field} must be a string",
     )
 
 
@@ -130,7 +132,11 @@ async def test_rejects_inputs_that_are_not_an_object(hostile: Hostile, value: An
     body = {**hostile.repo.body(), "inputs": value}
 
     await refused(
-        hostile, hostile.spindle.trigger(body, by=hostile.alice), 400, "InvalidRequest", "inputs must be an object"
+        hostile,
+        hostile.spindle.trigger(body, by=hostile.alice),
+        400,
+        "InvalidRequest",
+        "inputs must be an object",
     )
 
 
@@ -300,7 +306,11 @@ async def read_response(reader: asyncio.StreamReader) -> bytes:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(
-        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
         None,
     )
     while length is not None and len(body) < length:
@@ -343,7 +353,9 @@ async def test_a_chunked_body_of_many_megabytes_is_cut_off_at_64_kib(hostile: Ho
     before = await hostile.snapshot()
     chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
 
-    answer = await raw_exchange(hostile, request_head(hostile, "Transfer-Encoding: chunked\r\n"), [chunk] * 160)
+    answer = await raw_exchange(
+        hostile, request_head(hostile, "Transfer-Encoding: chunked\r\n"), [chunk] * 160
+    )
 
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     await hostile.assert_unchanged(before)

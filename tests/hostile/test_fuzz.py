@@ -14,7 +14,6 @@ import sqlite3
 from typing import Any
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -71,7 +70,9 @@ def bodies(draw: st.DrawFn, base: dict[str, Any], variants: dict[str, list[Any]]
     inputs = draw(
         st.one_of(
             st.just(ABSENT),
-            st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_-]{0,8}", fullmatch=True), nasty_text, max_size=4),
+            st.dictionaries(
+                st.from_regex(r"[A-Za-z_][A-Za-z0-9_-]{0,8}", fullmatch=True), nasty_text, max_size=4
+            ),
             st.dictionaries(nasty_text, json_values, max_size=4),
             json_values,
         )
@@ -119,7 +120,9 @@ def test_any_body_gets_a_2xx_or_a_4xx_xrpc_error_and_records_only_on_200(hostile
         before = recorded(hostile)
         token = hostile.alice.token(hostile.spindle.settings.did)
         response = client.post(
-            url, content=content, headers={"authorization": f"Bearer {token}", "content-type": "application/json"}
+            url,
+            content=content,
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
         )
         after = recorded(hostile)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1

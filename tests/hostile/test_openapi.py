@@ -28,7 +28,12 @@ def test_the_openapi_document_describes_the_xrpc_procedures(hostile: Hostile):
 
     trigger = document["paths"][f"/xrpc/{TRIGGER_NSID}"]["post"]
     assert trigger["requestBody"]["content"]["application/json"]["schema"]["required"] == [
-        "knot", "pipelineRkey", "actor", "repoDid", "repoName", "ref"
+        "knot",
+        "pipelineRkey",
+        "actor",
+        "repoDid",
+        "repoName",
+        "ref",
     ]
     assert trigger["security"] == [{"serviceAuth": []}]
     assert all("422" not in op["responses"] for ops in document["paths"].values() for op in ops.values())

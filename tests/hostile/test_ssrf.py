@@ -67,7 +67,10 @@ def loopback_alias() -> str:
             fields = line.split("#", 1)[0].split()
             candidates += fields[1:]
     for name in candidates:
-        if name.lower() in ("localhost", "ip6-localhost", "ip6-loopback") or not name.replace("-", "").isalnum():
+        if (
+            name.lower() in ("localhost", "ip6-localhost", "ip6-loopback")
+            or not name.replace("-", "").isalnum()
+        ):
             continue
         try:
             addresses = {info[4][0] for info in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)}
@@ -96,7 +99,12 @@ def knot_cases(port: int, knot_port: int) -> list[tuple[str, str, int, str]]:
         ("cloud-metadata", "169.254.169.254", 403, "not registered"),
         ("private-network", "10.0.0.1:80", 403, "not registered"),
         ("userinfo", f"a@127.0.0.1:{port}", 400, "knot must be a host"),
-        ("userinfo-registered-then-target", f"127.0.0.1:{knot_port}@127.0.0.1:{port}", 400, "knot must be a host"),
+        (
+            "userinfo-registered-then-target",
+            f"127.0.0.1:{knot_port}@127.0.0.1:{port}",
+            400,
+            "knot must be a host",
+        ),
         ("scheme", f"http://127.0.0.1:{port}", 400, "knot must be a host"),
         ("path", f"127.0.0.1:{port}/xrpc", 400, "knot must be a host"),
         ("fragment", f"127.0.0.1:{knot_port}#@127.0.0.1:{port}", 400, "knot must be a host"),

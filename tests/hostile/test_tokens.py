@@ -119,18 +119,32 @@ CASES: list[tuple[str, Build, str]] = [
     ("alg-es256-over-secp256k1-key", bearer(lambda f: f.token(header={"alg": "ES256"})), "BadJwtSignature"),
     (
         "alg-es256k-over-p256-key",
-        bearer(lambda f: mint(f.hostile.bob.key, iss=f.hostile.alice.did, aud=f.aud, lxm=TRIGGER_NSID,
-                              header={"alg": "ES256K"})),
+        bearer(
+            lambda f: mint(
+                f.hostile.bob.key,
+                iss=f.hostile.alice.did,
+                aud=f.aud,
+                lxm=TRIGGER_NSID,
+                header={"alg": "ES256K"},
+            )
+        ),
         "BadJwtSignature",
     ),
     ("typ-at+jwt", bearer(lambda f: f.token(header={"typ": "at+jwt"})), "BadJwt"),
     ("typ-refresh+jwt", bearer(lambda f: f.token(header={"typ": "refresh+jwt"})), "BadJwt"),
     ("typ-dpop+jwt", bearer(lambda f: f.token(header={"typ": "dpop+jwt"})), "BadJwt"),
-    ("typ-application-at+jwt-uppercase", bearer(lambda f: f.token(header={"typ": "application/AT+JWT"})),
-     "BadJwt"),
+    (
+        "typ-application-at+jwt-uppercase",
+        bearer(lambda f: f.token(header={"typ": "application/AT+JWT"})),
+        "BadJwt",
+    ),
     ("typ-number", bearer(lambda f: f.token(header={"typ": 1})), "BadJwt"),
     ("kid-other", bearer(lambda f: f.token(header={"kid": "#other"})), "BadJwt"),
-    ("kid-full-did-url", bearer(lambda f: f.token(header={"kid": f"{f.hostile.alice.did}#atproto"})), "BadJwt"),
+    (
+        "kid-full-did-url",
+        bearer(lambda f: f.token(header={"kid": f"{f.hostile.alice.did}#atproto"})),
+        "BadJwt",
+    ),
     # -- iss
     ("iss-missing", bearer(lambda f: f.token(drop=("iss",))), "BadJwt"),
     ("iss-handle", bearer(lambda f: f.token(claims={"iss": "alice.example.com"})), "BadJwt"),
@@ -146,7 +160,11 @@ CASES: list[tuple[str, Build, str]] = [
     ("iss-huge", bearer(lambda f: f.token(iss="did:plc:" + "a" * 3000)), "BadJwt"),
     # -- aud
     ("aud-missing", bearer(lambda f: f.token(drop=("aud",))), "BadJwtAudience"),
-    ("aud-another-spindle", bearer(lambda f: f.token(aud="did:web:spindle.elsewhere.example")), "BadJwtAudience"),
+    (
+        "aud-another-spindle",
+        bearer(lambda f: f.token(aud="did:web:spindle.elsewhere.example")),
+        "BadJwtAudience",
+    ),
     ("aud-appview", bearer(lambda f: f.token(aud="did:web:api.bsky.app#bsky_appview")), "BadJwtAudience"),
     ("aud-our-did-other-fragment", bearer(lambda f: f.token(aud=f.aud + "#atproto_pds")), "BadJwtAudience"),
     ("aud-our-did-empty-fragment", bearer(lambda f: f.token(aud=f.aud + "#")), "BadJwtAudience"),
@@ -155,7 +173,11 @@ CASES: list[tuple[str, Build, str]] = [
     ("aud-issuer-itself", bearer(lambda f: f.token(aud=f.hostile.alice.did)), "BadJwtAudience"),
     # -- lxm
     ("lxm-missing", bearer(lambda f: f.token(lxm=None)), "BadJwtLexiconMethod"),
-    ("lxm-cancel", bearer(lambda f: f.token(lxm="sh.tangled.pipeline.cancelPipeline")), "BadJwtLexiconMethod"),
+    (
+        "lxm-cancel",
+        bearer(lambda f: f.token(lxm="sh.tangled.pipeline.cancelPipeline")),
+        "BadJwtLexiconMethod",
+    ),
     ("lxm-array", bearer(lambda f: f.token(lxm=[TRIGGER_NSID])), "BadJwtLexiconMethod"),
     ("lxm-wildcard", bearer(lambda f: f.token(lxm="*")), "BadJwtLexiconMethod"),
     ("lxm-uppercase", bearer(lambda f: f.token(lxm=TRIGGER_NSID.upper())), "BadJwtLexiconMethod"),
@@ -183,27 +205,50 @@ CASES: list[tuple[str, Build, str]] = [
     ("jti-array", bearer(lambda f: f.token(claims={"jti": ["a"]})), "BadJwt"),
     # -- signature
     ("signature-empty", bearer(lambda f: f.token().rsplit(".", 1)[0] + "."), "BadJwt"),
-    ("signature-truncated-63", bearer(lambda f: f.with_signature(t := f.token(), f.signature(t)[:63])),
-     "BadJwtSignature"),
-    ("signature-truncated-32", bearer(lambda f: f.with_signature(t := f.token(), f.signature(t)[:32])),
-     "BadJwtSignature"),
-    ("signature-65-bytes", bearer(lambda f: f.with_signature(t := f.token(), f.signature(t) + b"\0")),
-     "BadJwtSignature"),
+    (
+        "signature-truncated-63",
+        bearer(lambda f: f.with_signature(t := f.token(), f.signature(t)[:63])),
+        "BadJwtSignature",
+    ),
+    (
+        "signature-truncated-32",
+        bearer(lambda f: f.with_signature(t := f.token(), f.signature(t)[:32])),
+        "BadJwtSignature",
+    ),
+    (
+        "signature-65-bytes",
+        bearer(lambda f: f.with_signature(t := f.token(), f.signature(t) + b"\0")),
+        "BadJwtSignature",
+    ),
     ("signature-oversized", bearer(lambda f: f.with_signature(f.token(), b"\x01" * 4096)), "BadJwtSignature"),
     (
         "signature-der-encoded",
-        bearer(lambda f: f.with_signature(
-            t := f.token(), b"\x30\x44\x02\x20" + f.signature(t)[:32] + b"\x02\x20" + f.signature(t)[32:])),
+        bearer(
+            lambda f: f.with_signature(
+                t := f.token(), b"\x30\x44\x02\x20" + f.signature(t)[:32] + b"\x02\x20" + f.signature(t)[32:]
+            )
+        ),
         "BadJwtSignature",
     ),
     ("signature-high-s", bearer(lambda f: f.token(low_s=False)), "BadJwtSignature"),
     ("signature-all-zero", bearer(lambda f: f.with_signature(f.token(), b"\0" * 64)), "BadJwtSignature"),
     ("signature-by-another-key", bearer(lambda f: f.token(key=STRANGER)), "BadJwtSignature"),
-    ("signature-by-bobs-key-claiming-alice", bearer(lambda f: f.token(key=f.hostile.bob.key)), "BadJwtSignature"),
+    (
+        "signature-by-bobs-key-claiming-alice",
+        bearer(lambda f: f.token(key=f.hostile.bob.key)),
+        "BadJwtSignature",
+    ),
     (
         "payload-changed-after-signing",
-        bearer(lambda f: (t := f.token()).split(".")[0] + "." + b64url(f.payload(jti="swapped").encode())
-               + "." + t.split(".")[2]),
+        bearer(
+            lambda f: (
+                (t := f.token()).split(".")[0]
+                + "."
+                + b64url(f.payload(jti="swapped").encode())
+                + "."
+                + t.split(".")[2]
+            )
+        ),
         "BadJwtSignature",
     ),
     (

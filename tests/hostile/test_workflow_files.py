@@ -41,30 +41,55 @@ def many_items(count: int) -> str:
 
 
 CASES: list[tuple[str, dict[str, str | bytes], str]] = [
-    ("billion-laughs", {f"{WF}/lol.yml": billion_laughs()}, "more than 100000 nodes once aliases are expanded"),
+    (
+        "billion-laughs",
+        {f"{WF}/lol.yml": billion_laughs()},
+        "more than 100000 nodes once aliases are expanded",
+    ),
     ("many-aliases", {f"{WF}/lol12.yml": billion_laughs(levels=12)}, "more than 100 aliases"),
     ("doubling-aliases", {f"{WF}/dbl.yml": doubling(45)}, "once aliases are expanded"),
     ("alias-cycle", {f"{WF}/cyc.yml": "on: push\na: &a [*a]\n" + JOB}, "refused"),
-    ("deep-flow-nesting", {f"{WF}/deep.yml": "on: push\nx: " + "[" * 5000 + "]" * 5000 + "\n" + JOB},
-     "nested more than 64 levels"),
+    (
+        "deep-flow-nesting",
+        {f"{WF}/deep.yml": "on: push\nx: " + "[" * 5000 + "]" * 5000 + "\n" + JOB},
+        "nested more than 64 levels",
+    ),
     (
         "deep-block-nesting",
         {f"{WF}/block.yml": "on: push\n" + "".join(" " * i + f"k{i}:\n" for i in range(200)) + JOB},
         "refused",
     ),
     ("hundred-thousand-nodes", {f"{WF}/wide.yml": many_items(110_000)}, "more than 100000 nodes"),
-    ("python-object-tag", {f"{WF}/rce.yml": 'on: push\nx: !!python/object/apply:os.system ["touch /tmp/pwned"]\n' + JOB},
-     "is not supported"),
+    (
+        "python-object-tag",
+        {f"{WF}/rce.yml": 'on: push\nx: !!python/object/apply:os.system ["touch /tmp/pwned"]\n' + JOB},
+        "is not supported",
+    ),
     ("custom-tag", {f"{WF}/tag.yml": "on: push\nx: !Ref bucket\n" + JOB}, "is not supported"),
     ("binary-tag", {f"{WF}/bin.yml": "on: push\nx: !!binary aGVsbG8=\n" + JOB}, "is not supported"),
     ("duplicate-key", {f"{WF}/dup.yml": "on: push\non: pull_request\n" + JOB}, "appears twice"),
     ("many-documents", {f"{WF}/docs.yml": ("---\non: push\n" + JOB) * 50}, "invalid YAML"),
-    ("huge-scalar", {f"{WF}/huge.yml": "on: push\nx: '" + "A" * (600 * 1024) + "'\n" + JOB}, "larger than 512 KiB"),
-    ("all-files-over-4-mib", {f"{WF}/w{i}.yml": CI_YML + "#" + "x" * (470 * 1024) + "\n" for i in range(9)},
-     "add up to more than 4096 KiB"),
-    ("png-named-yml", {f"{WF}/img.yml": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))}, "not UTF-8"),
+    (
+        "huge-scalar",
+        {f"{WF}/huge.yml": "on: push\nx: '" + "A" * (600 * 1024) + "'\n" + JOB},
+        "larger than 512 KiB",
+    ),
+    (
+        "all-files-over-4-mib",
+        {f"{WF}/w{i}.yml": CI_YML + "#" + "x" * (470 * 1024) + "\n" for i in range(9)},
+        "add up to more than 4096 KiB",
+    ),
+    (
+        "png-named-yml",
+        {f"{WF}/img.yml": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))},
+        "not UTF-8",
+    ),
     ("nul-in-utf8", {f"{WF}/nul.yml": b"on: push\n\x00\n" + JOB.encode()}, "is binary"),
-    ("invalid-utf8", {f"{WF}/latin.yml": "on: push\n# caf\xe9\n".encode("latin-1") + JOB.encode()}, "not UTF-8"),
+    (
+        "invalid-utf8",
+        {f"{WF}/latin.yml": "on: push\n# caf\xe9\n".encode("latin-1") + JOB.encode()},
+        "not UTF-8",
+    ),
     ("utf16-with-bom", {f"{WF}/u16.yml": ("on: push\n" + JOB).encode("utf-16")}, "not UTF-8"),
     ("newline-in-file-name", {f"{WF}/ci\n.yml": CI_YML}, "does not give a usable name"),
     ("escape-in-file-name", {f"{WF}/ci\x1b[31m.yml": CI_YML}, "does not give a usable name"),
@@ -94,13 +119,13 @@ async def test_a_hostile_workflow_file_is_refused_with_400_naming_it(
     await hostile.spindle.register(knot=hostile.knot.host, did=hostile.alice.did, name=name)
     before = await hostile.snapshot()
 
-    response = await hostile.spindle.trigger(
-        hostile.repo.body(repoName=name, ref=sha), by=hostile.alice
-    )
+    response = await hostile.spindle.trigger(hostile.repo.body(repoName=name, ref=sha), by=hostile.alice)
 
     body = assert_xrpc_error(response, 400, "InvalidRequest")
     assert fragment in body["message"], body
-    assert body["message"].startswith(("workflow .github/workflows/", "the workflow files", "workflows ")), body
+    assert body["message"].startswith(("workflow .github/workflows/", "the workflow files", "workflows ")), (
+        body
+    )
     assert (await hostile.snapshot())[:2] == before[:2], "nothing is recorded"
     assert not Path("/tmp/pwned").exists()
 

@@ -1,9 +1,9 @@
 """A throwaway PostgreSQL server of a test's own, which the test may stop and start again.
 
-    with PgServer() as pg:                      # scripts/postgres: initdb + start on a free port
-        url = pg.database()                     # a fresh, migrated database on it
-        pg.stop()                               # immediate shutdown: connections drop at once
-        pg.start()                              # the same data directory and port again
+with PgServer() as pg:                      # scripts/postgres: initdb + start on a free port
+    url = pg.database()                     # a fresh, migrated database on it
+    pg.stop()                               # immediate shutdown: connections drop at once
+    pg.start()                              # the same data directory and port again
 """
 
 from __future__ import annotations
@@ -80,11 +80,15 @@ class PgServer:
         self._ctl("-m", "immediate", "-w", "stop")
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        )
         self._ctl("-l", str(self.dir / "server.log"), "-w", "-o", options, "start")
 
     def destroy(self) -> None:
-        subprocess.run([str(ROOT / "scripts" / "postgres-stop"), str(self.dir)], capture_output=True, check=False)
+        subprocess.run(
+            [str(ROOT / "scripts" / "postgres-stop"), str(self.dir)], capture_output=True, check=False
+        )
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> PgServer:
