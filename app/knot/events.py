@@ -67,6 +67,7 @@ BACKOFF_MAX = 60.0
 PING_INTERVAL = 30.0
 PING_TIMEOUT = 90.0  # no pong for this long: the knot is gone, reconnect
 UPSTREAM_ATTEMPTS = 3  # the knot failing to serve an event's files: tries before skipping it
+CURSOR_SAVE_SECONDS = 1.0  # how stale the stored cursor may be after frames that are not pipelines
 
 Outcome = Literal["recorded", "redelivered", "ignored", "skipped"]
 
@@ -243,6 +244,8 @@ class KnotEventConsumer:
         self.links: dict[str, KnotLink] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._skip_to: dict[str, int] = {}
+        self._unsaved: dict[str, int] = {}  # cursor marks not stored yet, per knot
+        self._saved_at: dict[str, float] = {}  # monotonic time of the last store, per knot
         self._supervisor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -338,16 +341,24 @@ class KnotEventConsumer:
             if stored is None:
                 # From now on nothing is missed: a drop before the first event resumes from here.
                 await self._store_cursor(knot, time.time_ns())
-            while True:
-                try:
-                    frame = await ws.recv(decode=False)
-                except ConnectionClosedOK:
-                    return
-                received_ns = time.time_ns()
-                link.frames += 1
-                self._skip_to.pop(knot, None)
-                if await self.handle_frame(knot, frame, received_ns=received_ns) == "recorded":
-                    link.recorded += 1
+            try:
+                while True:
+                    try:
+                        # A quiet stream still stores the progress it noted (recv is cancel-safe).
+                        wait = CURSOR_SAVE_SECONDS if knot in self._unsaved else None
+                        frame = await asyncio.wait_for(ws.recv(decode=False), wait)
+                    except TimeoutError:
+                        await self._flush_cursor(knot)
+                        continue
+                    except ConnectionClosedOK:
+                        return
+                    received_ns = time.time_ns()
+                    link.frames += 1
+                    self._skip_to.pop(knot, None)
+                    if await self.handle_frame(knot, frame, received_ns=received_ns) == "recorded":
+                        link.recorded += 1
+            finally:
+                await self._flush_cursor(knot)
 
     async def handle_frame(self, knot: str, frame: bytes | str, *, received_ns: int) -> Outcome:
         """Record a pipeline event, or say in the log why not; then store the cursor."""
@@ -365,14 +376,18 @@ class KnotEventConsumer:
             # Without a record key there is no telling where in the stream it was: no cursor move.
             log.warning("knot %s: skipped a frame without a valid rkey", knot)
             return "skipped"
-        outcome: Outcome = "ignored"
-        if message.get("nsid") == PIPELINE_NSID:
-            try:
-                outcome = await self._pipeline(knot, rkey, message.get("event"))
-            except SkipEvent as exc:
-                log.warning("knot %s: skipped pipeline %s: %s", knot, rkey, exc)
-                outcome = "skipped"
-        await self._store_cursor(knot, cursor_mark(rkey, received_ns))
+        mark = cursor_mark(rkey, received_ns)
+        if message.get("nsid") != PIPELINE_NSID:
+            # Other records (pushes, repo changes) need no durable progress of their own: saving
+            # it at most once a second keeps a busy knot from costing one commit per frame.
+            await self._note_cursor(knot, mark)
+            return "ignored"
+        try:
+            outcome = await self._pipeline(knot, rkey, message.get("event"))
+        except SkipEvent as exc:
+            log.warning("knot %s: skipped pipeline %s: %s", knot, rkey, exc)
+            outcome = "skipped"
+        await self._store_cursor(knot, mark)
         return outcome
 
     async def _pipeline(self, knot: str, rkey: str, event: Any) -> Outcome:
@@ -423,6 +438,17 @@ class KnotEventConsumer:
             row = await session.get(KnotCursor, knot)
             return row.cursor if row else None
 
+    async def _note_cursor(self, knot: str, cursor: int) -> None:
+        """Remember where we are; store it when the last store is over a second old."""
+        self._unsaved[knot] = cursor
+        if time.monotonic() - self._saved_at.get(knot, 0.0) >= CURSOR_SAVE_SECONDS:
+            await self._store_cursor(knot, cursor)
+
+    async def _flush_cursor(self, knot: str) -> None:
+        cursor = self._unsaved.get(knot)
+        if cursor is not None:
+            await self._store_cursor(knot, cursor)
+
     async def _store_cursor(self, knot: str, cursor: int) -> None:
         """Where the next connection resumes: the last handled frame's mark, not a running maximum
         (a first reading of our clock is replaced by the knot's own once a TID arrives)."""
@@ -437,6 +463,8 @@ class KnotEventConsumer:
             except IntegrityError:
                 # Another spindle process sharing the database stored it first: as good a place.
                 await session.rollback()
+        self._unsaved.pop(knot, None)
+        self._saved_at[knot] = time.monotonic()
 
     async def _forget_cursor(self, knot: str) -> None:
         async with self.sessionmaker() as session:
