@@ -1,8 +1,18 @@
 """Every model, imported in one place for Alembic's autogenerate and the metadata."""
 
+from app.auth.models import ServiceAuthJti
 from app.database import Base
 from app.knot.models import KnotCursor
 from app.repos.models import Repo
 from app.runs.models import LogLine, Pipeline, StatusEvent, WorkflowRun
 
-__all__ = ["Base", "KnotCursor", "LogLine", "Pipeline", "Repo", "StatusEvent", "WorkflowRun"]
+__all__ = [
+    "Base",
+    "ServiceAuthJti",
+    "KnotCursor",
+    "LogLine",
+    "Pipeline",
+    "Repo",
+    "StatusEvent",
+    "WorkflowRun",
+]

@@ -6,8 +6,16 @@ expires means a token copied from a log or a proxy cannot be played again.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
+from datetime import UTC, datetime
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth.models import ServiceAuthJti
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +73,39 @@ class ReplayGuard:
             jtis.pop(jti, None)
             if not jtis:
                 del self._by_issuer[iss]
+
+
+class SharedReplayLedger:
+    """The database's record of accepted (iss, jti), for processes that share one database.
+
+    The in-memory guard only knows what its own process accepted: behind a load balancer, a
+    captured token could otherwise be played once against each process. Claiming the jti with
+    an INSERT on a primary key makes exactly one process win, whichever it is.
+    """
+
+    PURGE_EVERY = 500  # claims between deletions of expired rows
+
+    def __init__(self, *, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.sessionmaker = sessionmaker
+        self._claims = 0
+
+    @staticmethod
+    def key(iss: str, jti: str) -> str:
+        return hashlib.sha256(f"{iss}\x00{jti}".encode()).hexdigest()
+
+    async def claim(self, *, iss: str, jti: str, forget_at: float) -> None:
+        """Accept (iss, jti) for the whole deployment; ReplayRejected if any process has."""
+        expires_at = datetime.fromtimestamp(forget_at, UTC)
+        async with self.sessionmaker() as session:
+            session.add(ServiceAuthJti(key=self.key(iss, jti), expires_at=expires_at))
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                raise ReplayRejected("token replayed: this jti was already used by this issuer") from None
+            self._claims += 1
+            if self._claims % self.PURGE_EVERY == 1:
+                await session.execute(
+                    delete(ServiceAuthJti).where(ServiceAuthJti.expires_at < datetime.now(UTC))
+                )
+                await session.commit()

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from app.auth.replay import ReplayGuard, ReplayRejected
+from app.auth.replay import ReplayGuard, ReplayRejected, SharedReplayLedger
 from app.config import DID_RE
 from app.identity import SERVICE_ID
 from app.identity.document import DidDocument
@@ -103,6 +103,7 @@ class ServiceAuthVerifier:
         service_did: str,
         service_id: str = SERVICE_ID,
         replay: ReplayGuard | None = None,
+        ledger: SharedReplayLedger | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.resolver = resolver
@@ -110,6 +111,8 @@ class ServiceAuthVerifier:
         # PDSes send the bare DID today; the revised spec prefers the one naming the service.
         self.audiences = frozenset({service_did, f"{service_did}#{service_id}"})
         self.replay = replay if replay is not None else ReplayGuard()
+        # Set when several processes may share the database: a jti then counts once for all.
+        self.ledger = ledger
         self._clock = clock
 
     async def verify(self, authorization: str | None, *, lxm: str) -> str:
@@ -197,6 +200,8 @@ class ServiceAuthVerifier:
 
         try:
             self.replay.record(iss=iss, jti=jti, forget_at=exp + LEEWAY, now=now)
+            if self.ledger is not None:
+                await self.ledger.claim(iss=iss, jti=jti, forget_at=exp + LEEWAY)
         except ReplayRejected as exc:
             _fail("BadJwt", str(exc))
         return iss

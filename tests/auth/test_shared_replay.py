@@ -1,0 +1,49 @@
+"""Processes sharing one database accept a token's jti once between them, not once each."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+
+from app.auth.models import ServiceAuthJti
+from app.auth.replay import SharedReplayLedger
+from app.database import create_engine, create_sessionmaker
+from tests.auth.conftest import NSID
+from tests.auth.test_verifier import bearer, rejection, token_for
+from tests.support.keys import SigningKey
+
+
+@pytest.fixture
+async def sessionmaker(database_url):
+    engine = create_engine(database_url)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def test_a_token_accepted_by_one_process_is_a_replay_for_another(make_verifier, plc, sessionmaker):
+    key = SigningKey.generate("ES256K")
+    iss = plc.register(key)
+    # Two verifiers, each with its own in-memory guard, as two processes have.
+    first = make_verifier(ledger=SharedReplayLedger(sessionmaker=sessionmaker))
+    second = make_verifier(ledger=SharedReplayLedger(sessionmaker=sessionmaker))
+    token = token_for(key, iss)
+
+    assert await first.verify(bearer(token), lxm=NSID) == iss
+    error = await rejection(second, bearer(token))
+    assert error.error == "BadJwt"
+    assert error.message.startswith("token replayed")
+
+
+async def test_the_ledger_keeps_a_hash_until_expiry_and_purges_expired_rows(sessionmaker):
+    ledger = SharedReplayLedger(sessionmaker=sessionmaker)
+    await ledger.claim(iss="did:plc:alice", jti="old", forget_at=datetime(2000, 1, 1, tzinfo=UTC).timestamp())
+    ledger._claims = ledger.PURGE_EVERY  # the next claim purges
+    await ledger.claim(iss="did:plc:alice", jti="new", forget_at=datetime.now(UTC).timestamp() + 60)
+    async with sessionmaker() as session:
+        keys = set(await session.scalars(select(ServiceAuthJti.key)))
+        count = await session.scalar(select(func.count()).select_from(ServiceAuthJti))
+    assert keys == {SharedReplayLedger.key("did:plc:alice", "new")}
+    assert count == 1
+    assert all("alice" not in k for k in keys)
