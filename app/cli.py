@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ls = repo.add_parser("list", help="list registered repos")
     ls.add_argument("--json", action="store_true")
-    rm = repo.add_parser("remove", help="unregister a repo")
+    rm = repo.add_parser("remove", help="unregister a repo (refused by running services within 1 s)")
     rm.add_argument("--knot", required=True, type=_host)
     rm.add_argument("--repo-did", required=True, type=_did)
     rm.add_argument("--name", required=True)

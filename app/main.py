@@ -10,10 +10,11 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from app.auth.replay import SharedReplayLedger
 from app.auth.verifier import ServiceAuthVerifier
 from app.config import Settings
 from app.context import AppContext
-from app.database import create_engine, create_sessionmaker
+from app.database import create_engine, create_sessionmaker, is_sqlite
 from app.deps import CtxDep
 from app.engine.queue import Scheduler
 from app.identity import router as identity_router
@@ -49,10 +50,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         broker = Broker()
         resolver = DidResolver(http=http, plc_url=settings.plc_url, dev=settings.dev)
-        verifier = ServiceAuthVerifier(resolver=resolver, service_did=settings.did)
+        # Processes sharing a server database also share the jti ledger; a SQLite file belongs
+        # to one `spindle serve`, whose in-memory guard already sees every token.
+        ledger = (
+            None
+            if is_sqlite(settings.resolved_database_url)
+            else SharedReplayLedger(sessionmaker=sessionmaker)
+        )
+        verifier = ServiceAuthVerifier(resolver=resolver, service_did=settings.did, ledger=ledger)
         knot = KnotClient(http=http, dev=settings.dev, timeout=settings.knot_timeout)
         scheduler = Scheduler(settings=settings, sessionmaker=sessionmaker, broker=broker, knot=knot)
         writer = PipelineWriter(engine=engine)
+        registrations = RegistrationCache(sessionmaker=sessionmaker)
         consumer = KnotEventConsumer(
             settings=settings, sessionmaker=sessionmaker, knot=knot, scheduler=scheduler, broker=broker
         )
@@ -68,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             scheduler=scheduler,
             consumer=consumer,
             writer=writer,
-            registrations=RegistrationCache(),
+            registrations=registrations,
         )
         await writer.start()
         await scheduler.start()
@@ -78,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await consumer.stop()
             await writer.stop()
+            await registrations.close()
             await scheduler.stop()
             await http.aclose()
             await engine.dispose()

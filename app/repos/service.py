@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -10,10 +12,12 @@ from typing import TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.repos.models import Repo
 from app.xrpc.errors import Forbidden
+
+log = logging.getLogger(__name__)
 
 # Tangled repo names: letters, digits, '.', '_' and '-' (a path segment on the knot), not '.' or '..'.
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}\Z")
@@ -81,32 +85,49 @@ class Rights:
 REGISTRATION_TTL = 1.0
 REGISTRATION_CACHE_SIZE = 10_000
 
+RepoKey = tuple[str, str, str]
+
 
 class RegistrationCache:
-    """Registrations read in the last REGISTRATION_TTL seconds, so that a busy repo's triggers
-    do not each read the registry; bounded (the oldest entries go first)."""
+    """Registrations read in the last REGISTRATION_TTL seconds, so that a busy repo's triggers do
+    not each read the registry; bounded (the oldest entries go first).
+
+    An entry served in the second half of its life is read again in the background (one read per
+    repo at a time), so a repo triggered steadily never misses, and an expiry never sends every
+    request in flight to the database at once.
+    """
 
     def __init__(
         self,
         *,
+        sessionmaker: async_sessionmaker[AsyncSession],
         ttl: float = REGISTRATION_TTL,
         max_entries: int = REGISTRATION_CACHE_SIZE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.sessionmaker = sessionmaker
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
-        self._entries: dict[tuple[str, str, str], tuple[float, Rights]] = {}
+        self._entries: dict[RepoKey, tuple[float, Rights]] = {}
+        self._refreshing: dict[RepoKey, asyncio.Task[None]] = {}
 
     def get(self, *, knot: str, did: str, name: str) -> Rights | None:
         """The rights of (knot, did, name) if they were read less than `ttl` seconds ago."""
-        entry = self._entries.get((knot, did, name))
+        key = (knot, did, name)
+        entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry[0] <= self._clock():
-            del self._entries[(knot, did, name)]
+        expires_at, rights = entry
+        left = expires_at - self._clock()
+        if left <= 0:
+            del self._entries[key]
             return None
-        return entry[1]
+        if left < self.ttl / 2 and key not in self._refreshing:
+            self._refreshing[key] = asyncio.get_running_loop().create_task(
+                self._refresh(key), name=f"registration-refresh:{knot}/{did}/{name}"
+            )
+        return rights
 
     def put(self, repo: Repo) -> Rights:
         """Remember the rights of a registration just read; they are returned."""
@@ -117,6 +138,36 @@ class RegistrationCache:
             del self._entries[next(iter(self._entries))]
         self._entries[key] = (self._clock() + self.ttl, rights)
         return rights
+
+    def forget(self, *, knot: str, did: str, name: str) -> None:
+        """Drop (knot, did, name): the registry was just read and does not have it any more."""
+        self._entries.pop((knot, did, name), None)
+
+    async def settle(self) -> None:
+        """Wait for the background re-reads in flight."""
+        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop the background reads (at shutdown)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _refresh(self, key: RepoKey) -> None:
+        knot, did, name = key
+        try:
+            async with self.sessionmaker() as session:
+                repo = await find(session=session, knot=knot, did=did, name=name)
+            if repo is None:
+                self.forget(knot=knot, did=did, name=name)
+            else:
+                self.put(repo)
+        except Exception as exc:
+            # The entry stays until it expires; the next trigger after that reads the registry.
+            log.warning("could not re-read the registration of %s/%s on %s: %r", did, name, knot, exc)
+        finally:
+            self._refreshing.pop(key, None)
 
 
 RepoT = TypeVar("RepoT", Repo, Rights)

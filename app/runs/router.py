@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from app.auth.deps import service_auth
-from app.deps import CtxDep
+from app.context import AppContext
 from app.runs import schemas, service
 from app.xrpc.body import read_json_object
 
@@ -18,8 +18,10 @@ TriggerIssuerDep = Annotated[str, Depends(service_auth(schemas.TRIGGER_NSID))]
 
 
 @router.post(f"/xrpc/{schemas.TRIGGER_NSID}")
-async def trigger(request: Request, issuer: TriggerIssuerDep, ctx: CtxDep) -> JSONResponse:
+async def trigger(request: Request, issuer: TriggerIssuerDep) -> JSONResponse:
     """Run a repo's workflows at a commit; the body is read only after the token is verified."""
+    # Not CtxDep: one dependency level less on the hot path (see app.auth.deps).
+    ctx: AppContext = request.app.state.ctx
     body = await read_json_object(request, max_bytes=schemas.MAX_BODY_BYTES)
     req = schemas.parse_trigger_input(body)
     out = await service.trigger(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from app.config import is_valid_host
 from app.repos.service import is_valid_repo_name
@@ -26,10 +27,10 @@ RKEY_RE = re.compile(r"^[A-Za-z0-9.\-_:~]{1,512}\Z")
 INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-class TriggerInput(BaseModel):
-    """A checked trigger request; `ref` is lower-cased, `inputs` is never None."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class TriggerInput:
+    """A checked trigger request; `ref` is lower-cased, `inputs` is never None (a dataclass, not a
+    model: it is built from values already checked, once per trigger on the hot path)."""
 
     knot: str
     pipeline_rkey: str
@@ -37,7 +38,7 @@ class TriggerInput(BaseModel):
     repo_did: str
     repo_name: str
     ref: str
-    inputs: dict[str, str] = Field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def digest(self) -> str:
         """sha256 of the canonical request: a retry has the same digest, a changed request not."""
@@ -120,7 +121,7 @@ def parse_trigger_input(body: Any) -> TriggerInput:
             f"(not . or ..), not {_shown(rkey)}"
         )
     inputs = _check_inputs(body["inputs"]) if "inputs" in body else {}
-    return TriggerInput.model_construct(
+    return TriggerInput(
         knot=knot,
         pipeline_rkey=rkey,
         actor=body["actor"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["PlannedRun", "find_pipeline", "plan_runs", "record_pipeline", "trigger", "workflow_result"]
 
 MAX_STEM_CHARS = 255
+PLAN_CACHE_SIZE = 256
 
 
 @dataclass
@@ -106,19 +108,23 @@ def announce_recorded(*, broker: Broker, recorded: Recorded) -> None:
         announce(broker, run, event)
 
 
-def workflow_urls(*, settings: Settings, knot: str, rkey: str, workflow: str) -> schemas.WorkflowUrls:
-    """The stream URLs of one workflow run, as the trigger answers them."""
-    path = f"{quote(knot, safe=':')}/{quote(rkey, safe='')}/{quote(workflow, safe='')}"
-    return {
-        "workflow": workflow,
-        "logsUrl": f"{settings.ws_base_url}/logs/{path}",
-        "statusUrl": f"{settings.base_url}/status/{path}",
-    }
+def workflow_urls(
+    *, settings: Settings, knot: str, rkey: str, workflows: Sequence[str]
+) -> list[schemas.WorkflowUrls]:
+    """The stream URLs of a pipeline's workflow runs, as the trigger answers them."""
+    pipeline = f"{quote(knot, safe=':')}/{quote(rkey, safe='')}/"
+    logs, status = f"{settings.ws_base_url}/logs/{pipeline}", f"{settings.base_url}/status/{pipeline}"
+    urls: list[schemas.WorkflowUrls] = []
+    for workflow in workflows:
+        stem = quote(workflow, safe="")
+        urls.append({"workflow": workflow, "logsUrl": logs + stem, "statusUrl": status + stem})
+    return urls
 
 
 def workflow_result(*, settings: Settings, knot: str, rkey: str, workflow: str) -> WorkflowResult:
     """The stream URLs of one workflow run."""
-    return WorkflowResult(**workflow_urls(settings=settings, knot=knot, rkey=rkey, workflow=workflow))
+    [urls] = workflow_urls(settings=settings, knot=knot, rkey=rkey, workflows=[workflow])
+    return WorkflowResult(**urls)
 
 
 def _output(*, settings: Settings, stored: StoredPipeline) -> schemas.TriggerOutput:
@@ -127,10 +133,9 @@ def _output(*, settings: Settings, stored: StoredPipeline) -> schemas.TriggerOut
         "knot": stored.knot,
         "pipelineRkey": stored.rkey,
         "ref": stored.sha,
-        "workflows": [
-            workflow_urls(settings=settings, knot=stored.knot, rkey=stored.rkey, workflow=workflow)
-            for workflow in stored.workflows
-        ],
+        "workflows": workflow_urls(
+            settings=settings, knot=stored.knot, rkey=stored.rkey, workflows=stored.workflows
+        ),
     }
 
 
@@ -157,6 +162,13 @@ def _replay(*, settings: Settings, stored: StoredPipeline, digest: str) -> schem
 
 def plan_runs(*, files: Sequence[WorkflowFile], inputs: dict[str, str]) -> list[PlannedRun]:
     """Parse the workflow files and resolve each one's inputs; 400 naming the file or input."""
+    # Files at a commit never change: the plan of the same files and inputs is computed once.
+    return list(_plan(tuple(files), tuple(inputs.items())))
+
+
+@lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _plan(files: tuple[WorkflowFile, ...], items: tuple[tuple[str, str], ...]) -> tuple[PlannedRun, ...]:
+    inputs = dict(items)
     workflows: list[Workflow] = [parse_workflow(f.path, f.source) for f in files]
     by_stem: dict[str, str] = {}
     for workflow in workflows:
@@ -169,10 +181,10 @@ def plan_runs(*, files: Sequence[WorkflowFile], inputs: dict[str, str]) -> list[
             )
         by_stem[stem] = workflow.path
     resolved = resolve_inputs(workflows=workflows, inputs=inputs)
-    return [
+    return tuple(
         PlannedRun(name=w.stem, path=w.path, source=w.source, inputs=i)
         for w, i in zip(workflows, resolved, strict=True)
-    ]
+    )
 
 
 async def _registration(
@@ -191,6 +203,8 @@ async def _registration(
         repo, existing = (row[0], row[1]) if row is not None else (None, None)
         if repo is not None:
             registrations.put(repo)
+        else:
+            registrations.forget(knot=req.knot, did=req.repo_did, name=req.repo_name)
         pipeline = None
         if existing is not None:
             pipeline = await find_pipeline(session=session, knot=req.knot, rkey=req.pipeline_rkey)

@@ -1,0 +1,228 @@
+"""The group-committing pipeline writer on real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.database import create_engine, create_sessionmaker
+from app.runs import service as runs_service
+from app.runs.models import Pipeline, Status, StatusEvent, WorkflowRun
+from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun
+from app.xrpc.errors import ServiceUnavailable
+
+KNOT = "knot.example.com"
+DID = "did:plc:abcdefghijklmnopqrstuvwx"
+RAW_PIPELINE = text('SELECT "trigger", created_at FROM pipeline WHERE rkey = :rkey')
+SQLITE_DATETIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+SOURCE = "on: push\njobs:\n  build:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo hi\n"
+
+
+def new_pipeline(rkey: str | None = None, *, digest: str = "d" * 64, **overrides: Any) -> NewPipeline:
+    values: dict[str, Any] = {
+        "knot": KNOT,
+        "rkey": rkey or "3l" + secrets.token_hex(6),
+        "repo_did": DID,
+        "repo_name": "hello",
+        "sha": "a" * 40,
+        "actor": DID,
+        "trigger_kind": "manual",
+        "trigger": {"inputs": {"greeting": "hi"}},
+        "request_digest": digest,
+        "runs": [
+            PlannedRun(name="ci", path=".github/workflows/ci.yml", source=SOURCE, inputs={"greeting": "hi"}),
+            PlannedRun(name="lint", path=".github/workflows/lint.yaml", source=SOURCE, inputs={}),
+        ],
+    }
+    values.update(overrides)
+    return NewPipeline(**values)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def writer(engine: AsyncEngine) -> AsyncIterator[PipelineWriter]:
+    writer = PipelineWriter(engine=engine)
+    await writer.start()
+    yield writer
+    await writer.stop()
+
+
+async def test_triggers_queued_together_are_committed_in_one_transaction(writer: PipelineWriter, engine):
+    news = [new_pipeline() for _ in range(20)]
+
+    stored = await asyncio.gather(*(writer.record(new) for new in news))
+
+    assert writer.batches == 1
+    assert all(s.created for s in stored)
+    assert [s.rkey for s in stored] == [new.rkey for new in news]
+    assert all(s.workflows == ("ci", "lint") for s in stored)
+    run_ids = [event.run_id for s in stored for event in s.events]
+    assert len(set(run_ids)) == 40
+    async with create_sessionmaker(engine)() as session:
+        pipelines = list(await session.scalars(select(Pipeline)))
+        events = list(await session.scalars(select(StatusEvent)))
+    assert sorted(p.rkey for p in pipelines) == sorted(new.rkey for new in news)
+    assert sorted(e.workflow_run_id for e in events) == sorted(run_ids)
+    assert sorted(e.id for e in events) == sorted(event.event_id for s in stored for event in s.events)
+
+
+async def test_the_same_key_twice_in_one_batch_is_recorded_once(writer: PipelineWriter, engine):
+    first, second = new_pipeline("3ktwin"), new_pipeline("3ktwin", digest="e" * 64)
+
+    stored = await asyncio.gather(writer.record(first), writer.record(second))
+
+    assert [s.created for s in stored] == [True, False]
+    # The second waiter learns what was stored, digest included, to compare with its own.
+    assert stored[1].request_digest == "d" * 64
+    assert stored[1].workflows == stored[0].workflows
+    async with create_sessionmaker(engine)() as session:
+        assert len(list(await session.scalars(select(Pipeline)))) == 1
+        assert len(list(await session.scalars(select(WorkflowRun)))) == 2
+
+
+async def test_a_key_stored_before_comes_back_as_the_stored_pipeline(writer: PipelineWriter):
+    original = await writer.record(new_pipeline("3kagain"))
+
+    again = await writer.record(new_pipeline("3kagain", digest="e" * 64, sha="b" * 40, runs=[]))
+
+    assert not again.created
+    assert (again.sha, again.request_digest, again.workflows) == ("a" * 40, "d" * 64, ("ci", "lint"))
+    assert again.events == ()
+    assert original.created
+
+
+async def test_a_row_the_database_refuses_fails_only_its_own_trigger(writer: PipelineWriter, engine):
+    run = PlannedRun(name="ci", path=".github/workflows/ci.yml", source=SOURCE, inputs={})
+    # Two runs named alike break the (pipeline_id, name) unique constraint: the whole batch rolls back.
+    bad = new_pipeline(runs=[run, run])
+    good = [new_pipeline() for _ in range(3)]
+
+    results = await asyncio.gather(
+        *(writer.record(new) for new in [good[0], bad, *good[1:]]), return_exceptions=True
+    )
+
+    assert isinstance(results[1], Exception)
+    assert all(not isinstance(r, BaseException) and r.created for r in [results[0], *results[2:]])
+    async with create_sessionmaker(engine)() as session:
+        rkeys = set(await session.scalars(select(Pipeline.rkey)))
+    assert rkeys == {new.rkey for new in good}
+
+
+async def test_rows_read_back_through_the_orm_as_the_orm_writes_them(writer: PipelineWriter, engine):
+    by_writer = await writer.record(new_pipeline("3kwriter"))
+    sessions = create_sessionmaker(engine)
+    async with sessions() as session:
+        by_orm = await runs_service.record_pipeline(
+            session=session,
+            knot=KNOT,
+            rkey="3korm",
+            repo_did=DID,
+            repo_name="hello",
+            sha="a" * 40,
+            actor=DID,
+            trigger_kind="manual",
+            trigger={"inputs": {"greeting": "hi"}},
+            request_digest="d" * 64,
+            runs=new_pipeline().runs,
+        )
+    assert by_writer.created and by_orm.created
+
+    async with sessions() as session:
+        written, orm = [
+            await runs_service.find_pipeline(session=session, knot=KNOT, rkey=rkey)
+            for rkey in ("3kwriter", "3korm")
+        ]
+        events = {
+            run.name: [
+                (e.status, e.error, e.exit_code)
+                for e in await session.scalars(
+                    select(StatusEvent).where(StatusEvent.workflow_run_id == run.id)
+                )
+            ]
+            for run in written.workflow_runs
+        }
+        # The stored values themselves, not only what the ORM makes of them.
+        raw = {
+            rkey: (await session.execute(RAW_PIPELINE, {"rkey": rkey})).one()
+            for rkey in ("3kwriter", "3korm")
+        }
+    assert written is not None and orm is not None
+    for column in (
+        "knot",
+        "repo_did",
+        "repo_name",
+        "sha",
+        "actor",
+        "trigger_kind",
+        "trigger",
+        "request_digest",
+    ):
+        assert getattr(written, column) == getattr(orm, column), column
+    assert type(written.created_at) is type(orm.created_at)
+    assert written.created_at.tzinfo == orm.created_at.tzinfo
+    assert written.created_at == by_writer.created_at.replace(tzinfo=written.created_at.tzinfo)
+    for mine_raw, theirs_raw in zip(raw["3kwriter"], raw["3korm"], strict=True):
+        assert type(mine_raw) is type(theirs_raw)
+    if isinstance(raw["3korm"].created_at, str):  # SQLite: text in SQLAlchemy's own format
+        assert SQLITE_DATETIME.fullmatch(raw["3korm"].created_at)
+        assert SQLITE_DATETIME.fullmatch(raw["3kwriter"].created_at)
+    for mine, theirs in zip(written.workflow_runs, orm.workflow_runs, strict=True):
+        assert (mine.name, mine.path, mine.source, mine.inputs) == (
+            theirs.name,
+            theirs.path,
+            theirs.source,
+            theirs.inputs,
+        )
+        assert (mine.status, mine.cancel_requested, mine.claimed_by) == (Status.PENDING, False, None)
+        assert (theirs.status, theirs.cancel_requested) == (Status.PENDING, False)
+    assert events == {"ci": [(Status.PENDING, None, None)], "lint": [(Status.PENDING, None, None)]}
+
+
+async def test_a_stopped_writer_refuses_new_triggers(engine):
+    writer = PipelineWriter(engine=engine)
+    await writer.start()
+    await writer.stop()
+
+    with pytest.raises(ServiceUnavailable):
+        await writer.record(new_pipeline())
+
+
+async def test_sqlite_batch_waits_for_another_connection_holding_the_write_lock(sqlite_url: str):
+    engine = create_engine(sqlite_url)
+    writer = PipelineWriter(engine=engine)
+    await writer.start()
+    other = sqlite3.connect(make_url(sqlite_url).database, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute(
+            "INSERT INTO status_event (workflow_run_id, status, created_at) SELECT 1, 'x', '' WHERE 0"
+        )
+        pending = asyncio.ensure_future(writer.record(new_pipeline("3klocked")))
+        # The writer never blocks the event loop on the lock: this coroutine keeps running.
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert not pending.done()
+        other.execute("COMMIT")
+
+        stored = await asyncio.wait_for(pending, 10)
+
+        assert stored.created
+    finally:
+        other.close()
+        await writer.stop()
+        await engine.dispose()
