@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -302,9 +303,10 @@ def tokenize(text: str) -> list[Token]:
 # Syntax tree
 
 
-class Node:
+class Node(ABC):
+    @abstractmethod
     def evaluate(self, env: Evaluation) -> Any:
-        raise NotImplementedError
+        """The value of this expression in `env`."""
 
     def calls(self) -> set[str]:
         """Lower-cased names of every function this expression calls."""

@@ -8,6 +8,7 @@ secp256k1 code); ES256 with `cryptography` (OpenSSL's tuned P-256).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import coincurve
@@ -39,7 +40,7 @@ def is_canonical_signature(alg: str, signature: bytes) -> bool:
     return 0 < r < CURVE_ORDERS[alg] and 0 < s <= _HALF_ORDERS[alg]
 
 
-class VerifyingKey:
+class VerifyingKey(ABC):
     """A public key that checks atproto signatures (raw r‖s over SHA-256 of the message)."""
 
     __slots__ = ("alg", "did_key")
@@ -56,8 +57,9 @@ class VerifyingKey:
         s = int.from_bytes(signature[32:], "big")
         return self._verify_der(message, encode_dss_signature(r, s))
 
+    @abstractmethod
     def _verify_der(self, message: bytes, der: bytes) -> bool:
-        raise NotImplementedError
+        """Check a DER-encoded signature with this curve's library."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.did_key})"

@@ -15,7 +15,7 @@ def test_the_key_on_stays_a_string_not_the_boolean_true():
     workflow = parse_workflow(PATH, "on: push\n" + JOBS)
 
     assert "on" in workflow.document
-    assert True not in workflow.document
+    assert not any(key is True for key in workflow.document)
     assert workflow.events == {"push": None}
 
 
