@@ -36,7 +36,7 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol, cast
 
@@ -360,7 +360,8 @@ def _insert(statements: _Statements, items: list[NewPipeline]) -> list[StoredPip
             # Pipelines are never deleted: a key that conflicted and cannot be read is a fault.
             raise RuntimeError(f"pipeline {key} conflicted but could not be read back")
         if found.created and leaders[key] is not new:
-            found = _as_existing(found)
+            # A duplicate within the batch: it sees the leader's pipeline as already taken.
+            found = replace(found, created=False, events=(), created_at=None)
         results.append(found)
     return results
 
@@ -554,17 +555,6 @@ def _checkpoint(path: str) -> None:
 def _wrapped(exc: sqlite3.Error) -> sqlalchemy.exc.StatementError:
     # As SQLAlchemy would raise it: a locked or unreadable database is a 503, not a 500.
     return sqlalchemy.exc.DBAPIError.instance(None, None, exc, sqlite3.Error)
-
-
-def _as_existing(stored: StoredPipeline) -> StoredPipeline:
-    return StoredPipeline(
-        created=False,
-        knot=stored.knot,
-        rkey=stored.rkey,
-        sha=stored.sha,
-        request_digest=stored.request_digest,
-        workflows=stored.workflows,
-    )
 
 
 def _settle(future: asyncio.Future[StoredPipeline], outcome: StoredPipeline | BaseException) -> None:
