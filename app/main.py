@@ -63,7 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         writer = PipelineWriter(engine=engine)
         registrations = RegistrationCache(sessionmaker=sessionmaker)
         consumer = KnotEventConsumer(
-            settings=settings, sessionmaker=sessionmaker, knot=knot, scheduler=scheduler, broker=broker
+            settings=settings,
+            sessionmaker=sessionmaker,
+            knot=knot,
+            scheduler=scheduler,
+            broker=broker,
+            writer=writer,
         )
         app.state.ctx = AppContext(
             settings=settings,

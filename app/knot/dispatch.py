@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.knot.client import KnotClient, WorkflowFile
 from app.runs import service as runs_service
 from app.runs.models import Pipeline
+from app.runs.writer import NewPipeline, PipelineWriter, StoredPipeline
 from app.streams.broker import Broker
 from app.workflows.parser import WORKFLOW_SUFFIXES, workflow_stem
 from app.xrpc.errors import InvalidRequest
@@ -52,7 +53,7 @@ class Dispatched:
     """The outcome: `created` only for a newly recorded pipeline; `skipped` names had no file."""
 
     created: bool
-    pipeline: Pipeline | None
+    pipeline: Pipeline | StoredPipeline | None
     runs: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -135,6 +136,7 @@ async def record_dispatched(
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
     knot_client: KnotClient,
+    writer: PipelineWriter,
     broker: Broker,
     scheduler: Scheduler,
     dispatch: DispatchedPipeline,
@@ -200,21 +202,22 @@ async def record_dispatched(
                 sha,
             )
             return Dispatched(created=False, pipeline=None, skipped=skipped)
-        recorded = await runs_service.record_pipeline(
-            session=session,
-            knot=dispatch.knot,
-            rkey=dispatch.rkey,
-            repo_did=dispatch.repo_did,
-            repo_name=dispatch.repo_name,
-            sha=sha,
-            actor=None,
-            trigger_kind=dispatch.kind,
-            trigger=trigger,
-            request_digest=_digest(dispatch, sha),
-            runs=runs,
+        recorded = await writer.record(
+            NewPipeline(
+                knot=dispatch.knot,
+                rkey=dispatch.rkey,
+                repo_did=dispatch.repo_did,
+                repo_name=dispatch.repo_name,
+                sha=sha,
+                actor=None,
+                trigger_kind=dispatch.kind,
+                trigger=trigger,
+                request_digest=_digest(dispatch, sha),
+                runs=runs,
+            )
         )
     if recorded.created:
-        runs_service.announce_recorded(broker=broker, recorded=recorded)
+        runs_service.announce_stored(broker=broker, stored=recorded)
         scheduler.wake()
         log.info(
             "knot %s pipeline %s: %s event for %s/%s at %s runs %s",
@@ -228,7 +231,7 @@ async def record_dispatched(
         )
     return Dispatched(
         created=recorded.created,
-        pipeline=recorded.pipeline,
+        pipeline=recorded,
         runs=[run.name for run in runs],
         skipped=skipped,
     )

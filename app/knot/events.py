@@ -47,6 +47,7 @@ from app.knot.client import KnotClient
 from app.knot.models import KnotCursor
 from app.repos import service as repo_service
 from app.runs.schemas import COMMIT_RE, INPUT_NAME_RE, MAX_INPUT_NAME, MAX_INPUTS, MAX_INPUTS_BYTES
+from app.runs.writer import PipelineWriter
 from app.streams.broker import Broker
 from app.xrpc.errors import InvalidRequest, UpstreamFailure
 from app.xrpc.lexicon import FORMATS
@@ -228,6 +229,7 @@ class KnotEventConsumer:
         knot: KnotClient,
         scheduler: Scheduler,
         broker: Broker,
+        writer: PipelineWriter,
         refresh_seconds: float | None = None,
         backoff_start: float | None = None,
         backoff_max: float | None = None,
@@ -237,6 +239,7 @@ class KnotEventConsumer:
         self.knot = knot
         self.scheduler = scheduler
         self.broker = broker
+        self.writer = writer
         # Read at construction, not import, so that tests can shorten the module's defaults.
         self.refresh_seconds = REFRESH_SECONDS if refresh_seconds is None else refresh_seconds
         self.backoff_start = BACKOFF_START if backoff_start is None else backoff_start
@@ -416,6 +419,7 @@ class KnotEventConsumer:
                 result = await knot_dispatch.record_dispatched(
                     sessionmaker=self.sessionmaker,
                     knot_client=self.knot,
+                    writer=self.writer,
                     broker=self.broker,
                     scheduler=self.scheduler,
                     dispatch=dispatch,

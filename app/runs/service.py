@@ -10,13 +10,11 @@ retry is answered without contacting the knot.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from sqlalchemy import and_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -25,9 +23,9 @@ from app.repos import service as repos_service
 from app.repos.models import Repo
 from app.repos.service import RegistrationCache
 from app.runs import schemas
-from app.runs.models import Pipeline, Status, StatusEvent, WorkflowRun
+from app.runs.models import Pipeline, Status
 from app.runs.schemas import TriggerInput, WorkflowResult
-from app.runs.status import announce, payload, publish, transition
+from app.runs.status import payload, publish
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun, StoredPipeline
 from app.streams.broker import Broker
 from app.workflows.inputs import resolve_inputs
@@ -37,75 +35,15 @@ from app.xrpc.errors import Forbidden, InvalidRequest
 if TYPE_CHECKING:
     from app.engine.queue import Scheduler
 
-__all__ = ["PlannedRun", "find_pipeline", "plan_runs", "record_pipeline", "trigger", "workflow_result"]
+__all__ = ["PlannedRun", "announce_stored", "find_pipeline", "plan_runs", "trigger", "workflow_result"]
 
 MAX_STEM_CHARS = 255
 PLAN_CACHE_SIZE = 256
 
 
-@dataclass
-class Recorded:
-    """A pipeline as stored; `created` is False when (knot, rkey) was already taken."""
-
-    pipeline: Pipeline
-    created: bool
-    events: list[tuple[WorkflowRun, StatusEvent]] = field(default_factory=list)
-
-
 async def find_pipeline(*, session: AsyncSession, knot: str, rkey: str) -> Pipeline | None:
     """The pipeline (with its workflow runs) recorded for (knot, rkey), if any."""
     return await session.scalar(select(Pipeline).where(Pipeline.knot == knot, Pipeline.rkey == rkey))
-
-
-async def record_pipeline(
-    *,
-    session: AsyncSession,
-    knot: str,
-    rkey: str,
-    repo_did: str,
-    repo_name: str,
-    sha: str,
-    actor: str | None,
-    trigger_kind: str,
-    trigger: dict[str, Any],
-    request_digest: str,
-    runs: Sequence[PlannedRun],
-) -> Recorded:
-    """Commit a pipeline, its runs and their first `pending` events in one transaction, or find it."""
-    pipeline = Pipeline(
-        knot=knot,
-        rkey=rkey,
-        repo_did=repo_did,
-        repo_name=repo_name,
-        sha=sha,
-        actor=actor,
-        trigger_kind=trigger_kind,
-        trigger=trigger,
-        request_digest=request_digest,
-    )
-    workflow_runs = [
-        WorkflowRun(pipeline=pipeline, name=run.name, path=run.path, source=run.source, inputs=run.inputs)
-        for run in runs
-    ]
-    session.add(pipeline)
-    try:
-        await session.flush()  # the runs need their ids before their events
-        events = [(run, transition(session, run, Status.PENDING)) for run in workflow_runs]
-        await session.commit()
-    except IntegrityError:
-        # Another request recorded the same (knot, rkey) first: its row is the answer.
-        await session.rollback()
-        existing = await find_pipeline(session=session, knot=knot, rkey=rkey)
-        if existing is None:
-            raise
-        return Recorded(existing, created=False)
-    return Recorded(pipeline, created=True, events=events)
-
-
-def announce_recorded(*, broker: Broker, recorded: Recorded) -> None:
-    """Tell this process's watchers about the committed `pending` events of a new pipeline."""
-    for run, event in recorded.events:
-        announce(broker, run, event)
 
 
 def workflow_urls(

@@ -14,7 +14,7 @@ connection the writer keeps to itself, then a COMMIT; only then is any waiter an
 Exactly once: a (knot, rkey) that is already stored, by an earlier transaction or another process,
 inserts nothing and its waiter gets the stored pipeline (`created=False`); two triggers of one
 batch with the same key are one insert, and the second gets the first's pipeline. Comparing
-request digests is the caller's business, as for `service.record_pipeline`. A batch that fails is
+request digests is the caller's business (the trigger and knot dispatch). A batch that fails is
 rolled back and each of its triggers is written alone, so one bad row fails only its own request.
 
 PostgreSQL: the statements are SQLAlchemy Core on the async engine (asyncpg, no threads).

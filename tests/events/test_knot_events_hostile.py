@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.knot import events as knot_events
-from app.runs import service as runs_service
+from app.runs.models import Pipeline
 from tests.events.conftest import EventKnot, Spindle, eventually, minted
 from tests.support.knot import TREE
 from tests.support.knot_events import PIPELINE, BlackHoleKnot, manual_event, push_event
@@ -260,19 +260,20 @@ async def test_an_rkey_a_manual_trigger_already_took_is_not_run_again_for_anothe
     knot, stream, git = registered.host, registered.stream, registered.repo
     taken = stream.new_rkey()
     async with spindle.sessions() as session:
-        await runs_service.record_pipeline(
-            session=session,
-            knot=knot,
-            rkey=taken,
-            repo_did="did:plc:someoneelseaaaaaaaaaaaaa",
-            repo_name="elsewhere",
-            sha="e" * 40,
-            actor="did:plc:someoneelseaaaaaaaaaaaaa",
-            trigger_kind="manual",
-            trigger={"inputs": {}},
-            request_digest="0" * 64,
-            runs=[],
+        session.add(
+            Pipeline(
+                knot=knot,
+                rkey=taken,
+                repo_did="did:plc:someoneelseaaaaaaaaaaaaa",
+                repo_name="elsewhere",
+                sha="e" * 40,
+                actor="did:plc:someoneelseaaaaaaaaaaaaa",
+                trigger_kind="manual",
+                trigger={"inputs": {}},
+                request_digest="0" * 64,
+            )
         )
+        await session.commit()
 
     stream.emit(push_event(knot, git, registered.sha, workflows=["quick"]), rkey=taken)
     marker = stream.emit(push_event(knot, git, registered.sha, workflows=["quick"]))

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.database import create_engine, create_sessionmaker
 from app.runs import service as runs_service
 from app.runs.models import Pipeline, Status, StatusEvent, WorkflowRun
+from app.runs.status import transition
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun
 from app.xrpc.errors import ServiceUnavailable
 
@@ -127,20 +128,29 @@ async def test_rows_read_back_through_the_orm_as_the_orm_writes_them(writer: Pip
     by_writer = await writer.record(new_pipeline("3kwriter"))
     sessions = create_sessionmaker(engine)
     async with sessions() as session:
-        by_orm = await runs_service.record_pipeline(
-            session=session,
-            knot=KNOT,
-            rkey="3korm",
-            repo_did=DID,
-            repo_name="hello",
-            sha="a" * 40,
-            actor=DID,
-            trigger_kind="manual",
-            trigger={"inputs": {"greeting": "hi"}},
-            request_digest="d" * 64,
-            runs=new_pipeline().runs,
+        # The reference: the same pipeline written through the ORM, as the engine's rows are.
+        reference = new_pipeline("3korm")
+        orm_pipeline = Pipeline(
+            knot=reference.knot,
+            rkey=reference.rkey,
+            repo_did=reference.repo_did,
+            repo_name=reference.repo_name,
+            sha=reference.sha,
+            actor=reference.actor,
+            trigger_kind=reference.trigger_kind,
+            trigger=reference.trigger,
+            request_digest=reference.request_digest,
         )
-    assert by_writer.created and by_orm.created
+        orm_runs = [
+            WorkflowRun(pipeline=orm_pipeline, name=r.name, path=r.path, source=r.source, inputs=r.inputs)
+            for r in reference.runs
+        ]
+        session.add(orm_pipeline)
+        await session.flush()
+        for run in orm_runs:
+            transition(session, run, Status.PENDING)
+        await session.commit()
+    assert by_writer.created
 
     async with sessions() as session:
         written, orm = [
