@@ -97,11 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await http.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="Tangled spindle", version="0.1.0", lifespan=lifespan)
+    # The trigger's plain route goes first: the hot path is matched before any other pattern.
+    app = FastAPI(title="Tangled spindle", version="0.1.0", lifespan=lifespan, routes=list(runs_router.routes))
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(identity_router.router)
-    app.include_router(runs_router.router)
     app.include_router(runs_cancel.router)
     app.include_router(streams_router.router)
 

@@ -5,7 +5,8 @@ FastAPI's generated document knows nothing of XRPC: procedures that read their b
 it does not describe, and it promises 422 validation errors that never happen (they are
 answered 400 `InvalidRequest`). This fills those in from the lexicons:
 
-- each `/xrpc/<nsid>` procedure with a lexicon gets its input as the JSON request body, its
+- each `/xrpc/<nsid>` procedure with a lexicon (a FastAPI route, or a plain Starlette one such
+  as the trigger, which FastAPI leaves out) gets its input as the JSON request body, its
   output as the 200 body, and the service-auth bearer token as its security requirement;
 - every operation gets a `default` response: the XRPC error body (or, for an HTML page, a page);
 - the 422 responses and their schemas are removed.
@@ -17,6 +18,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from starlette.routing import Route
 
 from app.xrpc.lexicon import lexicons
 
@@ -82,6 +85,17 @@ def xrpc_openapi(app: FastAPI) -> dict[str, Any]:
         "content": _json({"$ref": "#/components/schemas/XrpcError"}),
     }
     documents = lexicons().documents
+    paths = document.setdefault("paths", {})
+    for route in app.routes:
+        # Plain routes are not in FastAPI's document; a procedure's operation comes from its lexicon.
+        if isinstance(route, Route) and not isinstance(route, APIRoute) and "POST" in (route.methods or ()):
+            nsid = route.path.removeprefix("/xrpc/")
+            main = documents.get(nsid, {}).get("defs", {}).get("main", {})
+            if route.path.startswith("/xrpc/") and main.get("type") == "procedure":
+                operation = {"summary": route.name.replace("_", " ").capitalize(), "operationId": route.name}
+                if main.get("description"):
+                    operation["description"] = main["description"]
+                paths.setdefault(route.path, {})["post"] = operation
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
