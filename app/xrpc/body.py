@@ -19,6 +19,10 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Built once: json.loads(..., parse_constant=...) would build a decoder per request.
+_JSON = json.JSONDecoder(parse_constant=_no_constants)
+
+
 # A \uD800-\uDFFF escape: JSON allows a lone one, but it is half a character that cannot be
 # encoded as UTF-8, so hashing, storing or echoing it fails far from here (a 500, not a 400).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -56,13 +60,16 @@ async def read_json_object(request: Request, *, max_bytes: int) -> dict[str, Any
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"the request body is larger than {max_bytes // 1024} KiB")
     # Counted on the stream as well: a chunked body or a lying Content-Length gets no further.
-    body = bytearray()
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
+        size += len(chunk)
+        if size > max_bytes:
             raise PayloadTooLarge(f"the request body is larger than {max_bytes // 1024} KiB")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
-        value = json.loads(bytes(body).decode("utf-8"), parse_constant=_no_constants)
+        value = _JSON.decode(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidRequest("the request body is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
