@@ -13,7 +13,6 @@ forged token cannot burn the jti of a victim's genuine one.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
@@ -38,10 +37,12 @@ LEEWAY = 5  # seconds of clock skew tolerated on exp and iat
 MAX_LIFETIME = 3600  # a PDS mints 60 s tokens, and at most 1 h ones when lxm is set
 MAX_TOKEN_LENGTH = 8 * 1024
 MAX_JTI_LENGTH = 256
+MAX_CACHED_HEADERS = 256  # distinct accepted headers remembered (one per PDS implementation, in practice)
 
 # Three unpadded base64url segments; anything else (padding, '+', '/', whitespace) is not a JWS.
 _TOKEN_RE = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_BASE64 = bytes.maketrans(b"-_", b"+/")
 # Last characters whose unused low bits are zero: other ones decode to the same bytes, a second
 # spelling of one token.
 _CANONICAL_LAST = {
@@ -59,7 +60,8 @@ def _b64decode(segment: str, part: str) -> bytes:
     if remainder == 1 or (remainder and segment[-1] not in _CANONICAL_LAST[remainder]):
         _fail("BadJwt", f"the JWT {part} is not canonical base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        # The token's pattern admits only the base64url alphabet; padded, it decodes as base64.
+        return binascii.a2b_base64((segment + "=" * (-remainder % 4)).encode("ascii").translate(_TO_BASE64))
     except binascii.Error:
         _fail("BadJwt", f"the JWT {part} is not base64url")
 
@@ -81,6 +83,24 @@ def _decode_json(segment: str, part: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         _fail("BadJwt", f"the JWT {part} is not a JSON object")
     return value
+
+
+def _check_header(header: dict[str, Any]) -> str:
+    """The alg of a service-auth JWT header; BadJwt unless alg, kid and typ are acceptable."""
+    alg = header.get("alg")
+    if type(alg) is not str or alg not in ALGORITHMS:
+        _fail("BadJwt", f"the JWT alg {str(alg)[:40]!r} is not supported: use ES256K or ES256")
+    kid = header.get("kid")
+    if kid is not None and kid != "#atproto":
+        _fail("BadJwt", f"the JWT kid {str(kid)[:80]!r} is not #atproto")
+    typ = header.get("typ")
+    if typ is not None:
+        if not isinstance(typ, str):
+            _fail("BadJwt", "the JWT typ must be a string")
+        media_type = typ.lower().removeprefix("application/")
+        if media_type in FORBIDDEN_TYPES:
+            _fail("BadJwt", f"a {typ} token is not a service-auth token")
+    return alg
 
 
 def _number(payload: dict[str, Any], name: str) -> float:
@@ -114,6 +134,7 @@ class ServiceAuthVerifier:
         # Set when several processes may share the database: a jti then counts once for all.
         self.ledger = ledger
         self._clock = clock
+        self._headers: dict[str, str] = {}  # header segment -> its alg, once checked
 
     async def verify(self, authorization: str | None, *, lxm: str) -> str:
         """The DID of the caller of method `lxm`; AuthenticationError (401) names what is wrong."""
@@ -126,27 +147,19 @@ class ServiceAuthVerifier:
         match = _TOKEN_RE.fullmatch(token)
         if match is None:
             _fail("BadJwt", "the JWT must be three base64url segments separated by '.'")
-        header = _decode_json(match[1], "header")
+        # A PDS signs every token with the same header: the alg of a header already accepted.
+        alg = self._headers.get(match[1])
+        if alg is None:
+            alg = _check_header(_decode_json(match[1], "header"))
+            if len(self._headers) >= MAX_CACHED_HEADERS:
+                self._headers.clear()
+            self._headers[match[1]] = alg
         payload = _decode_json(match[2], "payload")
         signature = _b64decode(match[3], "signature")
-        alg = header.get("alg")
-        if type(alg) is not str or alg not in ALGORITHMS:
-            _fail("BadJwt", f"the JWT alg {str(alg)[:40]!r} is not supported: use ES256K or ES256")
-        kid = header.get("kid")
-        if kid is not None and kid != "#atproto":
-            _fail("BadJwt", f"the JWT kid {str(kid)[:80]!r} is not #atproto")
         if not is_canonical_signature(alg, signature):
             if len(signature) != 64:
                 _fail("BadJwtSignature", f"the signature must be 64 bytes (r‖s), got {len(signature)}")
             _fail("BadJwtSignature", "the signature is not canonical: atproto requires low-S r‖s")
-
-        typ = header.get("typ")
-        if typ is not None:
-            if not isinstance(typ, str):
-                _fail("BadJwt", "the JWT typ must be a string")
-            media_type = typ.lower().removeprefix("application/")
-            if media_type in FORBIDDEN_TYPES:
-                _fail("BadJwt", f"a {typ} token is not a service-auth token")
 
         exp = _number(payload, "exp")
         iat = _number(payload, "iat")

@@ -27,6 +27,10 @@ RKEY_RE = re.compile(r"^[A-Za-z0-9.\-_:~]{1,512}\Z")
 INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
+# The digest's canonical JSON (built once: json.dumps with options builds an encoder per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 @dataclass(frozen=True, slots=True)
 class TriggerInput:
     """A checked trigger request; `ref` is lower-cased, `inputs` is never None (a dataclass, not a
@@ -42,11 +46,8 @@ class TriggerInput:
 
     def digest(self) -> str:
         """sha256 of the canonical request: a retry has the same digest, a changed request not."""
-        canonical = json.dumps(
-            [self.knot, self.pipeline_rkey, self.actor, self.repo_did, self.repo_name, self.ref, self.inputs],
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
+        canonical = _CANONICAL.encode(
+            [self.knot, self.pipeline_rkey, self.actor, self.repo_did, self.repo_name, self.ref, self.inputs]
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 

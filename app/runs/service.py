@@ -25,7 +25,7 @@ from app.repos.service import RegistrationCache
 from app.runs import schemas
 from app.runs.models import Pipeline, Status
 from app.runs.schemas import TriggerInput, WorkflowResult
-from app.runs.status import payload, publish
+from app.runs.status import EVENTS_TOPIC, payload, publish, status_topic
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun, StoredPipeline
 from app.streams.broker import Broker
 from app.workflows.inputs import resolve_inputs
@@ -211,6 +211,11 @@ async def trigger(
 def announce_stored(*, broker: Broker, stored: StoredPipeline) -> None:
     """Tell this process's watchers about the committed `pending` events of a new pipeline."""
     assert stored.created_at is not None
+    # Most triggers have nobody watching yet: no payload is built for nobody.
+    if not broker.subscriber_count(EVENTS_TOPIC) and not any(
+        broker.subscriber_count(status_topic(event.run_id)) for event in stored.events
+    ):
+        return
     for event in stored.events:
         publish(
             broker,

@@ -468,16 +468,20 @@ class _SqliteInsert:
         self.head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
         self.tail = " " + tail
         self.values = "(" + ", ".join("?" * len(columns)) + ")"
-        self.convert: list[Callable[[Any], Any] | None] = [
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
-        ]
+        # Only the columns whose type converts its values (JSON, DateTime, Enum, Boolean).
+        self.convert: list[tuple[int, Callable[[Any], Any]]] = []
+        for index, name in enumerate(columns):
+            convert = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if convert is not None:
+                self.convert.append((index, convert))
         self.rows_per_statement = MAX_SQLITE_VARIABLES // len(columns)
         self._sql: dict[int, str] = {}
 
     def __call__(self, db: sqlite3.Connection, rows: list[Row]) -> list[Any]:
         returned: list[Any] = []
-        # A value repeated down a column (the batch's timestamp, `pending`) is converted once.
-        seen: list[dict[Any, Any]] = [{} for _ in self.convert]
+        # A value repeated down a column (the batch's timestamp, `pending`, an empty JSON object)
+        # is converted once.
+        memo: dict[tuple[int, Any], Any] = {}
         for start in range(0, len(rows), self.rows_per_statement):
             part = rows[start : start + self.rows_per_statement]
             sql = self._sql.get(len(part))
@@ -485,15 +489,23 @@ class _SqliteInsert:
                 sql = self._sql[len(part)] = self.head + ", ".join([self.values] * len(part)) + self.tail
             params: list[Any] = []
             for row in part:
-                for value, convert, memo in zip(row, self.convert, seen, strict=True):
-                    if convert is None or value is None:
-                        params.append(value)
-                    elif isinstance(value, dict | list):
-                        params.append(convert(value))
+                values = list(row)
+                for index, convert in self.convert:
+                    value = values[index]
+                    if value is None:
+                        continue
+                    if isinstance(value, dict | list):
+                        if value:
+                            values[index] = convert(value)
+                            continue
+                        key: tuple[int, Any] = (index, type(value))
                     else:
-                        if value not in memo:
-                            memo[value] = convert(value)
-                        params.append(memo[value])
+                        key = (index, value)
+                    converted = memo.get(key, memo)
+                    if converted is memo:
+                        converted = memo[key] = convert(value)
+                    values[index] = converted
+                params += values
             returned.extend(db.execute(sql, params).fetchall())
         return returned
 
