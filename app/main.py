@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.resolved_database_url)
         sessionmaker = create_sessionmaker(engine)
-        # One client for identity lookups; redirects are not followed (a did:web host could
+        # One client for identity lookups (the knot client has its own); redirects are not followed (a did:web host could
         # otherwise bounce us to an address we refuse to fetch directly).
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(10.0, connect=5.0),
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else SharedReplayLedger(sessionmaker=sessionmaker)
         )
         verifier = ServiceAuthVerifier(resolver=resolver, service_did=settings.did, ledger=ledger)
-        knot = KnotClient(http=http, dev=settings.dev, timeout=settings.knot_timeout)
+        knot = KnotClient(dev=settings.dev, timeout=settings.knot_timeout)
         scheduler = Scheduler(settings=settings, sessionmaker=sessionmaker, broker=broker, knot=knot)
         writer = PipelineWriter(engine=engine)
         registrations = RegistrationCache(sessionmaker=sessionmaker)
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await writer.stop()
             await registrations.close()
             await scheduler.stop()
+            await knot.close()
             await http.aclose()
             await engine.dispose()
 

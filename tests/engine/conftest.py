@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -34,8 +33,7 @@ class Harness:
         self.db = create_engine(url)
         self.sessionmaker = create_sessionmaker(self.db)
         self.broker = Broker()
-        self.http = httpx.AsyncClient()
-        self.knot = KnotClient(http=self.http, dev=True, timeout=5)
+        self.knot = KnotClient(dev=True, timeout=5)
         self.schedulers: list[Scheduler] = []
         self._rkeys = 0
 
@@ -175,7 +173,7 @@ class Harness:
     async def aclose(self) -> None:
         for scheduler in self.schedulers:
             await scheduler.stop()
-        await self.http.aclose()
+        await self.knot.close()
         await self.db.dispose()
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from app.knot.client import KnotClient
@@ -18,14 +16,10 @@ CI = "on: push\njobs: {}\n"
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False) as client:
-        yield client
-
-
-@pytest.fixture
-def client(http: httpx.AsyncClient) -> KnotClient:
-    return KnotClient(http=http, dev=True, timeout=2.0)
+async def client() -> AsyncIterator[KnotClient]:
+    client = KnotClient(dev=True, timeout=2.0)
+    yield client
+    await client.close()
 
 
 async def test_fetches_workflow_files_sorted_by_name(client: KnotClient, knot: TestKnot):
@@ -63,12 +57,13 @@ async def test_caches_by_commit_so_a_second_read_sends_nothing(client: KnotClien
     assert knot.requests == []
 
 
-async def test_the_cache_is_bounded_by_bytes(http: httpx.AsyncClient, knot: TestKnot):
-    client = KnotClient(http=http, dev=True, timeout=2.0, cache_max_bytes=4096)
+async def test_the_cache_is_bounded_by_bytes(knot: TestKnot):
+    client = KnotClient(dev=True, timeout=2.0, cache_max_bytes=4096)
     repo = knot.create_repo(DID, "app")
     for i in range(5):
         sha = repo.commit({".github/workflows/ci.yml": f"# {i}\n" + "x" * 1500})
         await client.workflow_files(knot=knot.host, repo_did=DID, repo_name="app", sha=sha)
+    await client.close()
 
     assert client.cache.bytes <= 4096
 
@@ -150,13 +145,14 @@ async def test_an_unreachable_knot_is_upstream_failure(client: KnotClient):
         )
 
 
-async def test_a_hanging_knot_times_out(http: httpx.AsyncClient, knot: TestKnot):
-    client = KnotClient(http=http, dev=True, timeout=0.3)
+async def test_a_hanging_knot_times_out(knot: TestKnot):
+    client = KnotClient(dev=True, timeout=0.3)
     sha = knot.create_repo(DID, "app").commit({".github/workflows/ci.yml": CI})
     knot.hang(nsid=TREE)
 
     with pytest.raises(UpstreamFailure, match="did not answer sh.tangled.repo.tree within 0.3 s"):
         await client.workflow_files(knot=knot.host, repo_did=DID, repo_name="app", sha=sha)
+    await client.close()
 
 
 async def test_failures_are_not_cached(client: KnotClient, knot: TestKnot):
@@ -184,8 +180,8 @@ async def test_accepts_older_knots_file_modes(client: KnotClient, knot: TestKnot
 
 
 def test_knots_are_https_outside_dev_mode():
-    client = KnotClient(http=httpx.AsyncClient(), dev=False, timeout=1)
-    dev = KnotClient(http=client.http, dev=True, timeout=1)
+    client = KnotClient(dev=False, timeout=1)
+    dev = KnotClient(dev=True, timeout=1)
 
     assert client.clone_url(knot="knot1.tangled.sh", repo_did=DID, repo_name="app") == (
         "https://knot1.tangled.sh/did:plc:alice/app"
@@ -193,4 +189,3 @@ def test_knots_are_https_outside_dev_mode():
     assert dev.clone_url(knot="127.0.0.1:5555", repo_did=DID, repo_name="app") == (
         "http://127.0.0.1:5555/did:plc:alice/app"
     )
-    asyncio.run(client.http.aclose())
