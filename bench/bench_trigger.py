@@ -1,6 +1,6 @@
 """Trigger throughput and latency, next to a bare FastAPI endpoint on the same uvicorn settings.
 
-    .venv/bin/python bench/bench_trigger.py [--rounds 3] [--seconds 2] [--concurrency 16] [--cold 20]
+    .venv/bin/python bench/bench_trigger.py [--rounds 8] [--seconds 1.5] [--concurrency 16] [--cold 20]
 
 Everything is real: the spindle (`app.main.create_app`, SQLite in WAL mode) and a bare FastAPI app
 each run under uvicorn in a process of their own with identical settings; the git knot of
@@ -13,8 +13,9 @@ client in a process of its own, so that neither server waits for the client. Abo
    (one per trigger) cached; each trigger has a new record key, so each commits a pipeline, a
    workflow run and its first event before it is answered. The bare endpoint takes the same JSON
    body and headers and answers JSON. Bare and trigger are measured in alternating slices (the
-   machine's other load drifts; alternating exposes both to it alike) and compared by their
-   medians. Target: >= 50% of the bare rate.
+   machine's other load drifts; alternating exposes both to it alike): each round measures both,
+   the first one in turn, and the figure is the median of the rounds' ratios. Target: >= 50% of
+   the bare rate.
 2. Cold path: one trigger at a time, each at a new commit of 10 workflow files, the knot answering
    after 50 ms (the DID document and the registration are cached: the knot round trips are what
    is measured). Target: below 2 x 50 + 30 = 130 ms (the tree, then the ten blobs at once).
@@ -313,10 +314,15 @@ async def run(args: argparse.Namespace) -> None:
             headers = bench.request(did, "warm", bench.warm_sha)[1]
             bare = [(bench.body("warm", bench.warm_sha), headers) for _ in range(int(seconds * 8000))]
             rate(bare_port, "/xrpc/bare", bare[:2000], seconds / 4, concurrency)  # its warm-up
-            for _ in range(args.rounds):
-                bare_rates.append(rate(bare_port, "/xrpc/bare", bare, seconds, concurrency))
+            for round_ in range(args.rounds):
                 triggers = bench.requests(did, args.triggers)
-                warm_rates.append(rate(port, trigger_path, triggers, seconds, concurrency))
+                # Each round measures both, in turn first: a ratio of neighbouring slices.
+                if round_ % 2 == 0:
+                    bare_rates.append(rate(bare_port, "/xrpc/bare", bare, seconds, concurrency))
+                    warm_rates.append(rate(port, trigger_path, triggers, seconds, concurrency))
+                else:
+                    warm_rates.append(rate(port, trigger_path, triggers, seconds, concurrency))
+                    bare_rates.append(rate(bare_port, "/xrpc/bare", bare, seconds, concurrency))
             latencies = await bench.cold_latencies(client, port, did)
 
             port, did = await bench.spindle("running", paused=False)
@@ -326,7 +332,8 @@ async def run(args: argparse.Namespace) -> None:
         bench.close()
 
     bare_rate, warm_rate = statistics.median(bare_rates), statistics.median(warm_rates)
-    ratio = warm_rate / bare_rate
+    ratios = sorted(warm / bare for warm, bare in zip(warm_rates, bare_rates, strict=True))
+    ratio = statistics.median(ratios)
     p50, p90 = statistics.median(latencies), latencies[int(len(latencies) * 0.9) - 1]
     print(
         f"uvicorn (uvloop, httptools), one process per app, {concurrency} keep-alive connections from a "
@@ -335,7 +342,10 @@ async def run(args: argparse.Namespace) -> None:
     print(f"bare FastAPI JSON    {' '.join(f'{r:6.0f}' for r in bare_rates)} req/s, median {bare_rate:6.0f}")
     print(f"trigger warm path    {' '.join(f'{r:6.0f}' for r in warm_rates)} req/s, median {warm_rate:6.0f}")
     verdict = "met" if ratio >= 0.5 else "NOT met"
-    print(f"trigger / bare       {ratio:.0%} of the bare rate (target >= 50%: {verdict})")
+    print(
+        f"trigger / bare       {ratio:.0%} of the bare rate, median of the rounds' ratios "
+        f"(range {ratios[0]:.0%}-{ratios[-1]:.0%}; target >= 50%: {verdict})"
+    )
     print(f"trigger warm path with the engine claiming and finishing every run: {running:.0f} req/s")
     print(
         f"cold path, knot answering after 50 ms, 10 workflow files, {len(latencies)} triggers one at a "
@@ -348,8 +358,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/trigger rounds")
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of each throughput slice")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating bare/trigger rounds")
+    parser.add_argument("--seconds", type=float, default=1.5, help="length of each throughput slice")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent connections")
     parser.add_argument("--triggers", type=int, default=6000, help="tokens minted per trigger slice")
     parser.add_argument("--cold", type=int, default=20, help="number of cold-path triggers")

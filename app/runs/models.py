@@ -90,7 +90,8 @@ class WorkflowRun(Base):
     __table_args__ = (UniqueConstraint("pipeline_id", "name"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipeline.id", ondelete="CASCADE"), index=True)
+    # Looked up through the unique (pipeline_id, name) index: no index of its own to maintain.
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipeline.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(255))  # the file's stem
     path: Mapped[str] = mapped_column(String(1024))  # .github/workflows/<file>
     source: Mapped[str] = mapped_column(Text)  # the YAML text at the commit

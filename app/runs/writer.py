@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -56,6 +57,10 @@ MAX_BATCH = 128
 LOCK_TIMEOUT = 30.0
 # SQLite: how often committed WAL frames are copied into the database file (in a thread).
 CHECKPOINT_INTERVAL = 1.0
+# SQLite: a WAL larger than this is checkpointed with RESTART while the writer waits (see
+# _checkpoint_loop), and the WAL file is cut back to it when it starts over (journal_size_limit).
+WAL_RESTART_BYTES = 64 * 1024 * 1024
+RESTART_WAIT_MS = 200  # how long that checkpoint waits for other writers and for readers
 # SQLite allows 32766 bound values per statement; multi-row INSERTs are cut below that.
 MAX_SQLITE_VARIABLES = 32_000
 
@@ -170,6 +175,8 @@ class PipelineWriter:
         self._task: asyncio.Task[None] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
         self._dirty = False
+        self._resumed = asyncio.Event()  # cleared while a RESTART checkpoint runs
+        self._resumed.set()
         self._stopping = False
         self.batches = 0  # transactions committed, for tests and benchmarks
 
@@ -210,6 +217,8 @@ class PipelineWriter:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
+            if not self._resumed.is_set():
+                await self._resumed.wait()  # a RESTART checkpoint is copying the WAL
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
             try:
                 await self._write(batch)
@@ -310,15 +319,29 @@ class PipelineWriter:
                 statements.db.close()
 
     async def _checkpoint_loop(self) -> None:
-        assert self._sqlite_path is not None
+        path = self._sqlite_path
+        assert path is not None
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
-            if self._dirty:
-                self._dirty = False
+            if not self._dirty:
+                continue
+            self._dirty = False
+            try:
+                if _wal_bytes(path) <= WAL_RESTART_BYTES:
+                    await asyncio.to_thread(_checkpoint, path)
+                    continue
+                # A passive checkpoint copies the frames committed when it began; under a steady
+                # stream of commits newer ones always remain, the WAL is never started over and it
+                # grows without bound. Past WAL_RESTART_BYTES this writer pauses (its triggers
+                # queue up) while a RESTART checkpoint copies everything; the next commit then
+                # starts the WAL over, and the file is cut back to WAL_RESTART_BYTES.
+                self._resumed.clear()
                 try:
-                    await asyncio.to_thread(_checkpoint, self._sqlite_path)
-                except Exception as exc:
-                    log.warning("SQLite checkpoint failed: %r", exc)
+                    await asyncio.to_thread(_checkpoint, path, restart=True)
+                finally:
+                    self._resumed.set()
+            except Exception as exc:
+                log.warning("SQLite checkpoint failed: %r", exc)
 
 
 def _insert(statements: _Statements, items: list[NewPipeline]) -> list[StoredPipeline]:
@@ -520,12 +543,7 @@ class _SqliteStatements:
     def __init__(self, path: str, dialect: Dialect) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, timeout=0)
         try:
-            for pragma in (
-                "journal_mode=WAL",
-                "synchronous=NORMAL",
-                "foreign_keys=ON",
-                "wal_autocheckpoint=0",
-            ):
+            for pragma in (*_WRITER_PRAGMAS, f"journal_size_limit={WAL_RESTART_BYTES}"):
                 self.db.execute(f"PRAGMA {pragma}")
         except BaseException:
             self.db.close()
@@ -558,10 +576,19 @@ class _SqliteStatements:
         ).fetchall()
 
 
-def _checkpoint(path: str) -> None:
-    """Copy committed WAL frames into the database file, without waiting for anyone (a thread)."""
-    with contextlib.closing(sqlite3.connect(path, timeout=0)) as db:
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+def _checkpoint(path: str, *, restart: bool = False) -> None:
+    """Copy committed WAL frames into the database file, in a thread. PASSIVE waits for nobody;
+    RESTART waits (a little) for the write lock and for readers, so that the next commit can
+    start the WAL over from its beginning."""
+    with contextlib.closing(sqlite3.connect(path, timeout=RESTART_WAIT_MS / 1000 if restart else 0)) as db:
+        db.execute(f"PRAGMA wal_checkpoint({'RESTART' if restart else 'PASSIVE'})")
+
+
+def _wal_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(f"{path}-wal")
+    except OSError:
+        return 0
 
 
 def _wrapped(exc: sqlite3.Error) -> sqlalchemy.exc.StatementError:

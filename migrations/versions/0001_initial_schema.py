@@ -101,7 +101,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("pipeline_id", "name", name=op.f("uq_workflow_run_pipeline_id_name")),
     )
     with op.batch_alter_table("workflow_run", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_workflow_run_pipeline_id"), ["pipeline_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_workflow_run_status"), ["status"], unique=False)
 
     op.create_table(
@@ -177,7 +176,6 @@ def downgrade() -> None:
     op.drop_table("log_line")
     with op.batch_alter_table("workflow_run", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_workflow_run_status"))
-        batch_op.drop_index(batch_op.f("ix_workflow_run_pipeline_id"))
 
     op.drop_table("workflow_run")
     op.drop_table("repo")

@@ -7,6 +7,7 @@ import re
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from app.database import create_engine, create_sessionmaker
 from app.runs import service as runs_service
 from app.runs.models import Pipeline, Status, StatusEvent, WorkflowRun
 from app.runs.status import transition
+from app.runs import writer as writer_module
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun
 from app.xrpc.errors import ServiceUnavailable
 
@@ -236,3 +238,46 @@ async def test_sqlite_batch_waits_for_another_connection_holding_the_write_lock(
         other.close()
         await writer.stop()
         await engine.dispose()
+
+
+async def test_sqlite_wal_stays_bounded_under_a_steady_stream_of_commits(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    # Commits never stop for long enough for a passive checkpoint to copy the last frame, so
+    # only the RESTART checkpoint past WAL_RESTART_BYTES lets the WAL start over.
+    monkeypatch.setattr(writer_module, "WAL_RESTART_BYTES", 256 * 1024)
+    monkeypatch.setattr(writer_module, "CHECKPOINT_INTERVAL", 0.05)
+    wal = Path(make_url(sqlite_url).database + "-wal")
+    engine = create_engine(sqlite_url)
+    writer = PipelineWriter(engine=engine, max_batch=4)
+    await writer.start()
+    largest = 0
+    stop = asyncio.Event()
+
+    async def commit_forever() -> None:
+        big = {"inputs": {"blob": "x" * 4000}}  # a few pages per pipeline: the WAL grows fast
+        while not stop.is_set():
+            await writer.record(new_pipeline(trigger=big))
+
+    async def watch() -> None:
+        nonlocal largest
+        while not stop.is_set():
+            largest = max(largest, wal.stat().st_size if wal.exists() else 0)
+            await asyncio.sleep(0.01)
+
+    try:
+        tasks = [asyncio.create_task(commit_forever()) for _ in range(8)] + [asyncio.create_task(watch())]
+        await asyncio.sleep(3)
+        stop.set()
+        await asyncio.gather(*tasks)
+        committed = writer.batches
+    finally:
+        await writer.stop()
+        await engine.dispose()
+    with sqlite3.connect(make_url(sqlite_url).database) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    written = Path(make_url(sqlite_url).database).stat().st_size
+
+    assert committed > 100 and written > 16 * 1024 * 1024
+    # A WAL that never starts over holds every page written since it began: about `written`.
+    assert largest < written / 3, f"the WAL grew to {largest / 1e6:.1f} MB for {written / 1e6:.1f} MB of data"
