@@ -41,8 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.resolved_database_url)
         sessionmaker = create_sessionmaker(engine)
-        # One client for identity lookups (the knot client has its own); redirects are not followed (a did:web host could
-        # otherwise bounce us to an address we refuse to fetch directly).
+        # One client for identity lookups (the knot client has its own); redirects are not
+        # followed (a did:web host could otherwise bounce us to an address we refuse to fetch).
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(10.0, connect=5.0),
             follow_redirects=False,
@@ -99,7 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     # The trigger's plain route goes first: the hot path is matched before any other pattern.
-    app = FastAPI(title="Tangled spindle", version="0.1.0", lifespan=lifespan, routes=list(runs_router.routes))
+    app = FastAPI(
+        title="Tangled spindle", version="0.1.0", lifespan=lifespan, routes=list(runs_router.routes)
+    )
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(identity_router.router)

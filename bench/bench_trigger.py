@@ -7,11 +7,12 @@ each run under uvicorn in a process of their own with identical settings; the gi
 tests/support/knot.py runs in a third process and a local PLC in this one; tokens are real ES256K
 JWTs of four accounts (the repo's owner and three collaborators), minted before the clock starts,
 each with its own jti. The load comes from bench/load_client.py, a minimal HTTP/1.1 keep-alive
-client in a process of its own, so that neither server waits for the client. About 45 s in all.
+client in a process of its own, so that neither server waits for the client. About 75 s in all.
 
 1. Warm path: triggers per second with the DID documents, the registration and the workflow file
-   (one per trigger) cached; each trigger has a new record key, so each commits a pipeline, a
-   workflow run and its first event before it is answered. The bare endpoint takes the same JSON
+   (one per trigger) cached; each trigger has a new record key (a TID, as clients mint them;
+   --rkeys random for random ones), so each commits a pipeline, a workflow run and its first
+   event before it is answered. The bare endpoint takes the same JSON
    body and headers and answers JSON. Bare and trigger are measured in alternating slices (the
    machine's other load drifts; alternating exposes both to it alike): each round measures both,
    the first one in turn, and the figure is the median of the rounds' ratios. Target: >= 50% of
@@ -52,6 +53,7 @@ from app import migrate  # noqa: E402
 from app.database import create_engine, create_sessionmaker  # noqa: E402
 from app.repos import service as repos_service  # noqa: E402
 from app.runs.schemas import TRIGGER_NSID  # noqa: E402
+from app.streams.service import make_tid  # noqa: E402
 from tests.support.keys import SigningKey, mint  # noqa: E402
 from tests.support.knot import BLOB, TREE, GitRepo  # noqa: E402
 from tests.support.plc import FakePlc  # noqa: E402
@@ -192,6 +194,8 @@ class Bench:
         self.dids = [self.plc.register(key) for key in self.keys]
         self.actor = self.dids[0]  # owns both repos; the others are collaborators
         self._next = itertools.cycle(range(ACCOUNTS))
+        self._micros = 0
+        self._clock_id = secrets.randbelow(1024)
         root = self.tmp / "knot"
         warm = GitRepo.init(root / self.actor / "warm", self.actor, "warm")
         self.warm_sha = warm.commit({".github/workflows/ci.yml": WORKFLOW.format(n=0)})
@@ -245,10 +249,18 @@ class Bench:
         self.servers.append(start_server((PAUSED_ENGINE if paused else "") + SPINDLE_APP, port, env))
         return port, f"did:web:127.0.0.1%3A{port}"
 
+    def rkey(self) -> str:
+        """A new record key: a TID, as atproto clients and knots mint them (time-ordered), or with
+        --rkeys random a random one (each insert lands anywhere in the (knot, rkey) index)."""
+        if self.args.rkeys == "random":
+            return "b" + secrets.token_hex(8)
+        self._micros = max(self._micros + 1, time.time_ns() // 1000)
+        return make_tid(self._micros, self._clock_id)
+
     def body(self, repo: str, sha: str, actor: str | None = None) -> dict[str, Any]:
         return {
             "knot": self.knot_host,
-            "pipelineRkey": "b" + secrets.token_hex(8),
+            "pipelineRkey": self.rkey(),
             "actor": actor or self.actor,
             "repoDid": self.actor,
             "repoName": repo,
@@ -337,7 +349,8 @@ async def run(args: argparse.Namespace) -> None:
     p50, p90 = statistics.median(latencies), latencies[int(len(latencies) * 0.9) - 1]
     print(
         f"uvicorn (uvloop, httptools), one process per app, {concurrency} keep-alive connections from a "
-        f"load client process, {os.cpu_count()} CPUs; {args.rounds} alternating rounds of {seconds:g} s"
+        f"load client process, {os.cpu_count()} CPUs; {args.rounds} alternating rounds of {seconds:g} s; "
+        f"{args.rkeys} record keys"
     )
     print(f"bare FastAPI JSON    {' '.join(f'{r:6.0f}' for r in bare_rates)} req/s, median {bare_rate:6.0f}")
     print(f"trigger warm path    {' '.join(f'{r:6.0f}' for r in warm_rates)} req/s, median {warm_rate:6.0f}")
@@ -363,6 +376,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent connections")
     parser.add_argument("--triggers", type=int, default=6000, help="tokens minted per trigger slice")
     parser.add_argument("--cold", type=int, default=20, help="number of cold-path triggers")
+    parser.add_argument(
+        "--rkeys",
+        choices=("tid", "random"),
+        default="tid",
+        help="record keys: TIDs (as clients mint them) or random",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

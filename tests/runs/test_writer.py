@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import create_engine, create_sessionmaker
 from app.runs import service as runs_service
+from app.runs import writer as writer_module
 from app.runs.models import Pipeline, Status, StatusEvent, WorkflowRun
 from app.runs.status import transition
-from app.runs import writer as writer_module
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun
 from app.xrpc.errors import ServiceUnavailable
 
