@@ -170,8 +170,11 @@ class KnotClient:
 
     def cached_workflow_files(
         self, *, knot: str, repo_did: str, repo_name: str, sha: str
-    ) -> list[WorkflowFile] | None:
+    ) -> tuple[WorkflowFile, ...] | None:
         """The workflow files when every one is cached (no request needed), else None."""
+        assembled = self.cache.get(("files", knot, repo_did, repo_name, sha))
+        if assembled is not None:
+            return assembled  # type: ignore[no-any-return]
         listing = self.cache.get(("tree", knot, repo_did, repo_name, sha))
         if not listing:
             return None
@@ -182,7 +185,12 @@ class KnotClient:
             if source is None:
                 return None
             files.append(WorkflowFile(path, source))
-        return files
+        assembled = tuple(files)
+        # Kept as assembled too; counted at full size although it shares the blobs' text, so that
+        # the cache stays within its bound even when the blob entries are evicted first.
+        size = sum(len(f.path) + len(f.source) for f in assembled)
+        self.cache.put(("files", knot, repo_did, repo_name, sha), assembled, size)
+        return assembled
 
     async def workflow_files(
         self, *, knot: str, repo_did: str, repo_name: str, sha: str, stems: Collection[str] | None = None

@@ -9,6 +9,7 @@ retry is answered without contacting the knot.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -50,13 +51,21 @@ def workflow_urls(
     *, settings: Settings, knot: str, rkey: str, workflows: Sequence[str]
 ) -> list[schemas.WorkflowUrls]:
     """The stream URLs of a pipeline's workflow runs, as the trigger answers them."""
-    pipeline = f"{quote(knot, safe=':')}/{quote(rkey, safe='')}/"
+    pipeline = f"{_quote(knot, safe=':')}/{_quote(rkey, safe='')}/"
     logs, status = f"{settings.ws_base_url}/logs/{pipeline}", f"{settings.base_url}/status/{pipeline}"
     urls: list[schemas.WorkflowUrls] = []
     for workflow in workflows:
-        stem = quote(workflow, safe="")
+        stem = _quote(workflow, safe="")
         urls.append({"workflow": workflow, "logsUrl": logs + stem, "statusUrl": status + stem})
     return urls
+
+
+# What quote() leaves as it is, by `safe`: most knots, record keys and stems are only these.
+_UNQUOTED = {"": re.compile(r"[A-Za-z0-9_.~-]*"), ":": re.compile(r"[A-Za-z0-9_.~:-]*")}
+
+
+def _quote(value: str, *, safe: str) -> str:
+    return value if _UNQUOTED[safe].fullmatch(value) else quote(value, safe=safe)
 
 
 def workflow_result(*, settings: Settings, knot: str, rkey: str, workflow: str) -> WorkflowResult:
@@ -165,19 +174,36 @@ async def trigger(
     if actor != req.actor:
         raise Forbidden(f"the token was issued by {actor}, but the trigger's actor is {req.actor}")
     rights = registrations.get(knot=req.knot, did=req.repo_did, name=req.repo_name)
-    where = {"knot": req.knot, "repo_did": req.repo_did, "repo_name": req.repo_name, "sha": req.ref}
-    files = knot.cached_workflow_files(**where)
+    files: Sequence[WorkflowFile] | None = knot.cached_workflow_files(
+        knot=req.knot, repo_did=req.repo_did, repo_name=req.repo_name, sha=req.ref
+    )
     digest = req.digest()
     if rights is not None and files is not None:
         # Warm path: no read at all; a reused rkey shows up as a conflict when recording.
-        repos_service.check_rights(rights, spindle_owner=settings.owner, actor=actor, **_repo_of(req))
+        repos_service.check_rights(
+            rights,
+            spindle_owner=settings.owner,
+            actor=actor,
+            knot=req.knot,
+            did=req.repo_did,
+            name=req.repo_name,
+        )
     else:
         repo, existing = await _registration(sessionmaker=sessionmaker, registrations=registrations, req=req)
-        repos_service.check_rights(repo, spindle_owner=settings.owner, actor=actor, **_repo_of(req))
+        repos_service.check_rights(
+            repo,
+            spindle_owner=settings.owner,
+            actor=actor,
+            knot=req.knot,
+            did=req.repo_did,
+            name=req.repo_name,
+        )
         if existing is not None:
             return _replay(settings=settings, stored=_stored(existing), digest=digest)
         if files is None:
-            files = await knot.workflow_files(**where)
+            files = await knot.workflow_files(
+                knot=req.knot, repo_did=req.repo_did, repo_name=req.repo_name, sha=req.ref
+            )
     try:
         runs = plan_runs(files=files, inputs=req.inputs)
     except InvalidRequest:
@@ -232,7 +258,3 @@ def announce_stored(*, broker: Broker, stored: StoredPipeline) -> None:
                 created_at=stored.created_at,
             ),
         )
-
-
-def _repo_of(req: TriggerInput) -> dict[str, str]:
-    return {"knot": req.knot, "did": req.repo_did, "name": req.repo_name}
