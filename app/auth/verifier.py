@@ -196,7 +196,8 @@ class ServiceAuthVerifier:
             _fail("BadJwt", "token replayed: this jti was already used by this issuer")
 
         signing_input = token[: match.end(2)].encode("ascii")
-        key = (await self._document(iss)).key
+        document = self.resolver.fresh(iss) or await self._document(iss)
+        key = document.key
         if key is None or key.alg != alg or not key.verify(signing_input, signature):
             # The issuer may have rotated its key since we cached its document: look again, once.
             document = await self._document(iss, force_refresh=True)

@@ -116,6 +116,20 @@ class DidResolver:
         self._inflight: dict[str, asyncio.Task[DidDocument]] = {}
         self._fetch_slots = asyncio.Semaphore(max_concurrent_fetches)
 
+    def fresh(self, did: str) -> DidDocument | None:
+        """The cached document of `did` when `resolve` would answer it without a lookup, else None
+        (no coroutine: the service-auth check asks this first, on every request)."""
+        entry = self._cache.get(did)
+        if entry is None:
+            return None
+        now = self._clock()
+        if now - entry.fetched_at < self.fresh_ttl or (
+            entry.failed_at is not None and now - entry.failed_at < self.retry_after
+        ):
+            self._cache.move_to_end(did)
+            return entry.document
+        return None
+
     async def resolve(self, did: str, *, force_refresh: bool = False) -> DidDocument:
         """The checked document of `did`, from the cache when fresh; ResolutionError says why not."""
         entry = self._cache.get(did)
