@@ -170,7 +170,7 @@ class RegistrationCache:
             self._refreshing.pop(key, None)
 
 
-RepoT = TypeVar("RepoT", Repo, Rights)
+RepoT = TypeVar("RepoT", bound=Repo | Rights)
 
 
 def check_rights(

@@ -22,7 +22,7 @@ from app.config import Settings
 from app.knot.client import KnotClient, WorkflowFile
 from app.repos import service as repos_service
 from app.repos.models import Repo
-from app.repos.service import RegistrationCache
+from app.repos.service import RegistrationCache, Rights
 from app.runs import schemas
 from app.runs.models import Pipeline, Status
 from app.runs.schemas import TriggerInput, WorkflowResult
@@ -178,32 +178,28 @@ async def trigger(
         knot=req.knot, repo_did=req.repo_did, repo_name=req.repo_name, sha=req.ref
     )
     digest = req.digest()
-    if rights is not None and files is not None:
-        # Warm path: no read at all; a reused rkey shows up as a conflict when recording.
-        repos_service.check_rights(
-            rights,
-            spindle_owner=settings.owner,
-            actor=actor,
-            knot=req.knot,
-            did=req.repo_did,
-            name=req.repo_name,
+    existing: Pipeline | None = None
+    registration: Rights | Repo | None = rights
+    if rights is None or files is None:
+        # Not warm: one read for the registration and a pipeline already under the rkey. (Warm,
+        # nothing is read at all; a reused rkey shows up as a conflict when recording.)
+        registration, existing = await _registration(
+            sessionmaker=sessionmaker, registrations=registrations, req=req
         )
-    else:
-        repo, existing = await _registration(sessionmaker=sessionmaker, registrations=registrations, req=req)
-        repos_service.check_rights(
-            repo,
-            spindle_owner=settings.owner,
-            actor=actor,
-            knot=req.knot,
-            did=req.repo_did,
-            name=req.repo_name,
+    repos_service.check_rights(
+        registration,
+        spindle_owner=settings.owner,
+        actor=actor,
+        knot=req.knot,
+        did=req.repo_did,
+        name=req.repo_name,
+    )
+    if existing is not None:
+        return _replay(settings=settings, stored=_stored(existing), digest=digest)
+    if files is None:
+        files = await knot.workflow_files(
+            knot=req.knot, repo_did=req.repo_did, repo_name=req.repo_name, sha=req.ref
         )
-        if existing is not None:
-            return _replay(settings=settings, stored=_stored(existing), digest=digest)
-        if files is None:
-            files = await knot.workflow_files(
-                knot=req.knot, repo_did=req.repo_did, repo_name=req.repo_name, sha=req.ref
-            )
     try:
         runs = plan_runs(files=files, inputs=req.inputs)
     except InvalidRequest:
