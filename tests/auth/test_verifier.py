@@ -7,6 +7,7 @@ from base64 import urlsafe_b64decode
 
 import pytest
 
+from app.auth import verifier as verifier_module
 from app.identity.keys import CURVE_ORDERS, ES256, ES256K
 from app.xrpc.errors import AuthenticationError
 from tests.auth.conftest import NSID, SERVICE_DID
@@ -248,6 +249,23 @@ async def test_rejects_a_high_s_signature(verifier, key, iss, alg, plc):
 async def test_rejects_access_refresh_and_dpop_token_types(verifier, key, iss, typ):
     error = await rejection(verifier, bearer(token_for(key, iss, header={"typ": typ})))
     assert (error.error, error.message) == ("BadJwt", f"a {typ} token is not a service-auth token")
+
+
+async def test_a_header_accepted_before_lets_no_other_header_through(verifier, key, iss):
+    # Accepted headers are remembered by their exact text: any other one is checked afresh.
+    assert await verifier.verify(bearer(token_for(key, iss)), lxm=NSID) == iss
+    assert await verifier.verify(bearer(token_for(key, iss)), lxm=NSID) == iss
+
+    error = await rejection(verifier, bearer(token_for(key, iss, header={"typ": "at+jwt"})))
+
+    assert (error.error, error.message) == ("BadJwt", "a at+jwt token is not a service-auth token")
+
+
+async def test_remembered_headers_are_bounded(verifier, key, iss, monkeypatch):
+    monkeypatch.setattr(verifier_module, "MAX_CACHED_HEADERS", 4)
+    for i in range(10):  # ten distinct accepted headers
+        assert await verifier.verify(bearer(token_for(key, iss, header={"x": i})), lxm=NSID) == iss
+        assert len(verifier._headers) <= 4
 
 
 async def test_rejects_a_typ_that_is_not_a_string(verifier, key, iss):
