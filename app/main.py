@@ -53,11 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resolver = DidResolver(http=http, plc_url=settings.plc_url, dev=settings.dev)
         # Processes sharing a server database also share the jti ledger; a SQLite file belongs
         # to one `spindle serve`, whose in-memory guard already sees every token.
-        ledger = (
-            None
-            if is_sqlite(settings.resolved_database_url)
-            else SharedReplayLedger(sessionmaker=sessionmaker)
-        )
+        ledger = None if is_sqlite(settings.resolved_database_url) else SharedReplayLedger(engine=engine)
         verifier = ServiceAuthVerifier(resolver=resolver, service_did=settings.did, ledger=ledger)
         knot = KnotClient(dev=settings.dev, timeout=settings.knot_timeout)
         scheduler = Scheduler(settings=settings, sessionmaker=sessionmaker, broker=broker, knot=knot)

@@ -6,14 +6,16 @@ expires means a token copied from a log or a proxy cannot be played again.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import logging
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Table, bindparam, delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.models import ServiceAuthJti
 
@@ -81,13 +83,28 @@ class SharedReplayLedger:
     The in-memory guard only knows what its own process accepted: behind a load balancer, a
     captured token could otherwise be played once against each process. Claiming the jti with
     an INSERT on a primary key makes exactly one process win, whichever it is.
+
+    Claims made while a transaction is being written go into the next one (one multi-row
+    `INSERT ... ON CONFLICT DO NOTHING RETURNING key` and one commit for all of them), so an
+    authenticated request does not cost a commit of its own. A key that comes back was claimed
+    by this request; one that does not, or that an earlier claim of the same batch took, is a
+    replay.
     """
 
     PURGE_EVERY = 500  # claims between deletions of expired rows
+    MAX_BATCH = 500
 
-    def __init__(self, *, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-        self.sessionmaker = sessionmaker
+    def __init__(self, *, engine: AsyncEngine) -> None:
+        self.engine = engine
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        table = cast(Table, ServiceAuthJti.__table__)
+        self._insert = (
+            dialect.insert(table).on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key)
+        )
+        self._purge = delete(table).where(table.c.expires_at < bindparam("now"))
         self._claims = 0
+        self._queue: list[tuple[str, datetime, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @staticmethod
     def key(iss: str, jti: str) -> str:
@@ -95,17 +112,40 @@ class SharedReplayLedger:
 
     async def claim(self, *, iss: str, jti: str, forget_at: float) -> None:
         """Accept (iss, jti) for the whole deployment; ReplayRejected if any process has."""
-        expires_at = datetime.fromtimestamp(forget_at, UTC)
-        async with self.sessionmaker() as session:
-            session.add(ServiceAuthJti(key=self.key(iss, jti), expires_at=expires_at))
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((self.key(iss, jti), datetime.fromtimestamp(forget_at, UTC), future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="jti-ledger")
+        if not await future:
+            raise ReplayRejected("token replayed: this jti was already used by this issuer")
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH :]
             try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                raise ReplayRejected("token replayed: this jti was already used by this issuer") from None
-            self._claims += 1
-            if self._claims % self.PURGE_EVERY == 1:
-                await session.execute(
-                    delete(ServiceAuthJti).where(ServiceAuthJti.expires_at < datetime.now(UTC))
-                )
-                await session.commit()
+                claimed = await self._write(batch)
+            except Exception as exc:  # each waiter gets the database's error (a 503 upstream)
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for key, _, future in batch:
+                # The first claim of a key in the batch got it; a second one is a replay.
+                won = key in claimed
+                claimed.discard(key)
+                if not future.done():
+                    future.set_result(won)
+
+    async def _write(self, batch: list[tuple[str, datetime, asyncio.Future[bool]]]) -> set[str]:
+        rows = {key: expires_at for key, expires_at, _ in reversed(batch)}  # first claim's expiry
+        self._claims += len(batch)
+        purge = self._claims >= self.PURGE_EVERY
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                self._insert, [{"key": key, "expires_at": at} for key, at in rows.items()]
+            )
+            claimed = set(result.scalars())
+            if purge:
+                self._claims = 0
+                await conn.execute(self._purge, {"now": datetime.now(UTC)})
+        return claimed
