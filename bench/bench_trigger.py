@@ -1,8 +1,10 @@
 """Trigger throughput and latency, next to a bare FastAPI endpoint on the same uvicorn settings.
 
     .venv/bin/python bench/bench_trigger.py [--rounds 8] [--seconds 1.5] [--concurrency 16] [--cold 20]
+        [--database sqlite|postgres] [--rkeys tid|random]
 
-Everything is real: the spindle (`app.main.create_app`, SQLite in WAL mode) and a bare FastAPI app
+Everything is real: the spindle (`app.main.create_app`, SQLite in WAL mode, or
+PostgreSQL with --database postgres) and a bare FastAPI app
 each run under uvicorn in a process of their own with identical settings; the git knot of
 tests/support/knot.py runs in a third process and a local PLC in this one; tokens are real ES256K
 JWTs of four accounts (the repo's owner and three collaborators), minted before the clock starts,
@@ -56,6 +58,7 @@ from app.runs.schemas import TRIGGER_NSID  # noqa: E402
 from app.streams.service import make_tid  # noqa: E402
 from tests.support.keys import SigningKey, mint  # noqa: E402
 from tests.support.knot import BLOB, TREE, GitRepo  # noqa: E402
+from tests.support.pgserver import PgServer  # noqa: E402
 from tests.support.plc import FakePlc  # noqa: E402
 from tests.support.servers import ServerThread, free_port  # noqa: E402
 
@@ -188,6 +191,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-trigger-"))
+        # PostgreSQL: a throwaway server (scripts/postgres; fsync off, as in the tests).
+        self.pg = PgServer().create() if args.database == "postgres" else None
         self.plc = FakePlc()
         self.plc_server = ServerThread(self.plc.app).start()
         self.keys = [SigningKey.generate("ES256K") for _ in range(ACCOUNTS)]
@@ -216,14 +221,19 @@ class Bench:
             proc.terminate()
             proc.wait(timeout=15)
         self.plc_server.stop()
+        if self.pg is not None:
+            self.pg.destroy()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def spindle(self, name: str, *, paused: bool) -> tuple[int, str]:
         """Start a spindle on a fresh database; (port, its DID)."""
         port = free_port()
-        database_url = f"sqlite+aiosqlite:///{self.tmp / name / 'spindle.db'}"
         (self.tmp / name).mkdir()
-        await migrate.upgrade_async(database_url)
+        if self.pg is not None:
+            database_url = await asyncio.to_thread(self.pg.database)  # new, migrated
+        else:
+            database_url = f"sqlite+aiosqlite:///{self.tmp / name / 'spindle.db'}"
+            await migrate.upgrade_async(database_url)
         engine = create_engine(database_url)
         async with create_sessionmaker(engine)() as session:
             for repo in ("warm", "cold"):
@@ -350,7 +360,7 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"uvicorn (uvloop, httptools), one process per app, {concurrency} keep-alive connections from a "
         f"load client process, {os.cpu_count()} CPUs; {args.rounds} alternating rounds of {seconds:g} s; "
-        f"{args.rkeys} record keys"
+        f"{args.rkeys} record keys; {args.database}"
     )
     print(f"bare FastAPI JSON    {' '.join(f'{r:6.0f}' for r in bare_rates)} req/s, median {bare_rate:6.0f}")
     print(f"trigger warm path    {' '.join(f'{r:6.0f}' for r in warm_rates)} req/s, median {warm_rate:6.0f}")
@@ -376,6 +386,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent connections")
     parser.add_argument("--triggers", type=int, default=6000, help="tokens minted per trigger slice")
     parser.add_argument("--cold", type=int, default=20, help="number of cold-path triggers")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument(
         "--rkeys",
         choices=("tid", "random"),
