@@ -120,15 +120,16 @@ class DidResolver:
         """The cached document of `did` when `resolve` would answer it without a lookup, else None
         (no coroutine: the service-auth check asks this first, on every request)."""
         entry = self._cache.get(did)
-        if entry is None:
+        if entry is None or not self._is_fresh(entry, self._clock()):
             return None
-        now = self._clock()
-        if now - entry.fetched_at < self.fresh_ttl or (
+        self._cache.move_to_end(did)
+        return entry.document
+
+    def _is_fresh(self, entry: _Entry, now: float) -> bool:
+        """Served without a lookup: fetched within fresh_ttl, or the directory failed just now."""
+        return now - entry.fetched_at < self.fresh_ttl or (
             entry.failed_at is not None and now - entry.failed_at < self.retry_after
-        ):
-            self._cache.move_to_end(did)
-            return entry.document
-        return None
+        )
 
     async def resolve(self, did: str, *, force_refresh: bool = False) -> DidDocument:
         """The checked document of `did`, from the cache when fresh; ResolutionError says why not."""
@@ -140,9 +141,7 @@ class DidResolver:
                     self._cache.move_to_end(did)
                     return entry.document
                 entry.forced_at = now
-            elif now - entry.fetched_at < self.fresh_ttl or (
-                entry.failed_at is not None and now - entry.failed_at < self.retry_after
-            ):
+            elif self._is_fresh(entry, now):
                 self._cache.move_to_end(did)
                 return entry.document
         else:
