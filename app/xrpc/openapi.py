@@ -71,6 +71,14 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+def _procedure_defs(documents: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The defs of the lexicon of `/xrpc/<nsid>` when that method is a procedure, else None."""
+    if not path.startswith("/xrpc/"):
+        return None
+    defs: dict[str, Any] = documents.get(path.removeprefix("/xrpc/"), {}).get("defs", {})
+    return defs if defs.get("main", {}).get("type") == "procedure" else None
+
+
 def xrpc_openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document for `app`, corrected as the module docstring says."""
     document = get_openapi(title=app.title, version=app.version, routes=app.routes)
@@ -89,9 +97,9 @@ def xrpc_openapi(app: FastAPI) -> dict[str, Any]:
     for route in app.routes:
         # Plain routes are not in FastAPI's document; a procedure's operation comes from its lexicon.
         if isinstance(route, Route) and not isinstance(route, APIRoute) and "POST" in (route.methods or ()):
-            nsid = route.path.removeprefix("/xrpc/")
-            main = documents.get(nsid, {}).get("defs", {}).get("main", {})
-            if route.path.startswith("/xrpc/") and main.get("type") == "procedure":
+            defs = _procedure_defs(documents, route.path)
+            if defs is not None:
+                main = defs["main"]
                 operation = {"summary": route.name.replace("_", " ").capitalize(), "operationId": route.name}
                 if main.get("description"):
                     operation["description"] = main["description"]
@@ -105,11 +113,10 @@ def xrpc_openapi(app: FastAPI) -> dict[str, Any]:
             if page is not None:
                 # A page for people answers its errors as a page too (a "not found" page).
                 responses["default"] = {**error, "content": {**error["content"], "text/html": page}}
-            nsid = path.removeprefix("/xrpc/")
-            main = documents.get(nsid, {}).get("defs", {}).get("main", {})
-            if method != "post" or main.get("type") != "procedure":
+            defs = _procedure_defs(documents, path)
+            if method != "post" or defs is None:
                 continue
-            defs = documents[nsid]["defs"]
+            main = defs["main"]
             body = main.get("input", {}).get("schema")
             if body is not None:
                 operation["requestBody"] = {"required": True, "content": _json(lexicon_schema(body, defs))}
