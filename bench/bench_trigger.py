@@ -339,12 +339,12 @@ async def run(args: argparse.Namespace) -> None:
             for round_ in range(args.rounds):
                 triggers = bench.requests(did, args.triggers)
                 # Each round measures both, in turn first: a ratio of neighbouring slices.
-                if round_ % 2 == 0:
-                    bare_rates.append(rate(bare_port, "/xrpc/bare", bare, seconds, concurrency))
-                    warm_rates.append(rate(port, trigger_path, triggers, seconds, concurrency))
-                else:
-                    warm_rates.append(rate(port, trigger_path, triggers, seconds, concurrency))
-                    bare_rates.append(rate(bare_port, "/xrpc/bare", bare, seconds, concurrency))
+                slices = [
+                    (bare_rates, bare_port, "/xrpc/bare", bare),
+                    (warm_rates, port, trigger_path, triggers),
+                ]
+                for rates, slice_port, path, requests in slices[:: 1 if round_ % 2 == 0 else -1]:
+                    rates.append(rate(slice_port, path, requests, seconds, concurrency))
             latencies = await bench.cold_latencies(client, port, did)
 
             port, did = await bench.spindle("running", paused=False)
