@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -141,8 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from app.main import create_app
 
+        app = create_app(settings)
+        # The process serves this app until it exits: what exists now (modules, the app) leaves the
+        # collector's generations, so a full collection no longer walks all of it. Here, not in the
+        # app's lifespan: it is the process's decision, and tests start many apps in one process.
+        gc.collect()
+        gc.freeze()
         uvicorn.run(
-            create_app(settings),
+            app,
             host=settings.listen_host,
             port=settings.listen_port,
             log_level=settings.log_level.lower(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,10 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await writer.start()
         await scheduler.start()
         await consumer.start()
-        # What exists now (modules, the app, its long-lived parts) lives as long as the process:
-        # out of the collector's generations, a full collection no longer walks all of it.
-        gc.collect()
-        gc.freeze()
         try:
             yield
         finally:
