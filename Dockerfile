@@ -22,16 +22,18 @@ RUN groupadd --system --gid 10001 spindle \
 
 WORKDIR /srv/spindle
 
-# Dependencies first, in a layer of their own, so that a code change does not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, in a layer of their own, so that a code change does not reinstall them:
+# exactly uv.lock, with the uv version scripts/setup pins.
+ENV UV_PROJECT_ENVIRONMENT=/srv/spindle/.venv UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=0 \
+    PATH=/srv/spindle/.venv/bin:$PATH
+COPY pyproject.toml uv.lock ./
+RUN pip install "uv==0.13.9" \
+    && uv sync --frozen --no-install-project --no-cache
 
-# Editable, so that app/__init__.py's PROJECT_ROOT (/srv/spindle) finds migrations/ and lexicons/.
+# The project itself, editable, so that app/__init__.py's PROJECT_ROOT (/srv/spindle) finds
+# migrations/ and lexicons/.
 COPY . .
-RUN pip install --no-deps -e . \
+RUN uv sync --frozen --no-cache \
     && spindle --help >/dev/null
 
 USER spindle

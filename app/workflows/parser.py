@@ -94,8 +94,56 @@ else:  # pragma: no cover - PyYAML built without libyaml
             _Resolver.__init__(self)
 
 
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def _bracket_depth(source: str) -> int:
+    """The deepest run of unclosed `[`/`{` in the raw text: an upper bound on flow nesting."""
+    depth = deepest = 0
+    for char in _NOT_BRACKETS.sub("", source):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif depth:
+            depth -= 1
+    return deepest
+
+
+def _check_flow_depth(source: str) -> None:
+    """Flow nesting (`[[[...`) checked before libyaml sees it.
+
+    libyaml looks ahead over a whole flow collection before it emits the first event (a `[` may
+    start a simple key), so the event stream cannot stop it early, and recent libyaml stops at
+    its own limit of 1000 with wording of its own. The raw bracket count is a cheap bound that real
+    files never approach; only when it is passed are the tokens counted exactly, with PyYAML's
+    pure-Python scanner (no recursion, no limit of its own), since brackets inside strings do not nest.
+    """
+    if _bracket_depth(source) <= MAX_DEPTH:
+        return
+    depth = 0
+    scanner = _TokenScanner(source)
+    try:
+        while scanner.check_token():
+            token = scanner.get_token()
+            if isinstance(token, (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _LimitExceeded(f"nested more than {MAX_DEPTH} levels deep")
+            elif isinstance(token, (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # not YAML at all: the real parser says where
+
+
+class _TokenScanner(yaml.reader.Reader, yaml.scanner.Scanner):
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+
+
 def _check_events(source: str) -> None:
     """Nesting depth and alias count, from the event stream: nothing is built yet."""
+    _check_flow_depth(source)
     depth = aliases = 0
     for event in yaml.parse(source, Loader=_Loader):
         if isinstance(event, CollectionStartEvent):

@@ -93,6 +93,13 @@ def test_refuses_deep_nesting_without_a_recursion_error():
         load_yaml("a: " + "[" * 5000 + "]" * 5000, path=PATH)
 
 
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    text = "[" * 100 + "{" * 100
+    loaded = load_yaml(f"a: '{text}'\nb: |\n  {text}\n", path=PATH)
+
+    assert loaded == {"a": text, "b": text + "\n"}
+
+
 def test_refuses_duplicate_keys_as_github_does():
     with pytest.raises(InvalidWorkflow, match="the key 'on' appears twice"):
         parse_workflow(PATH, "on: push\non: pull_request\n" + JOBS)
