@@ -82,6 +82,19 @@ class Settings(BaseSettings):
     step_max_processes: int = Field(default=512, ge=16)
     step_max_file_mb: int = Field(default=1024, ge=1)
     job_timeout_minutes: float = Field(default=360, gt=0)
+    # The container engine every job runs in (docs/execution.md): its Docker Engine API address,
+    # `unix:///path.sock` or `tcp://host:port`. Unset: DOCKER_HOST, else a Podman API service the
+    # spindle starts itself, else /var/run/docker.sock.
+    docker_host: str | None = None
+    runner_image: str = "localhost/spindle-runner:bookworm"
+    # What a job's network reaches: "filtered" (the internet, none of this host's loopback,
+    # private or link-local addresses: nftables rules the spindle installs), "none" (no network).
+    job_network: Literal["filtered", "none"] = "filtered"
+    job_memory_mb: int = Field(default=4096, ge=64)
+    job_max_processes: int = Field(default=1024, ge=32)
+    job_cpus: float = Field(default=2.0, gt=0, le=512)
+    job_disk_mb: int = Field(default=10240, ge=64)
+    run_log_mb: int = Field(default=50, ge=1)
     log_level: str = "info"
 
     @field_validator("hostname")
