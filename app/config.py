@@ -58,7 +58,7 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Every knob of the service; the table in README.md and SPEC.md lists them."""
+    """Every knob of the service; docs/configuration.md lists them."""
 
     model_config = SettingsConfigDict(env_prefix="SPINDLE_", extra="ignore")
 

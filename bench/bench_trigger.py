@@ -297,7 +297,7 @@ class Bench:
         async with httpx.AsyncClient(base_url=self.knot_url) as direct:
             for sha in self.cold_shas:
                 # Both repos belong to one DID, so the knot cannot tell them apart by DID and the
-                # spindle asks for `<did>/<name>` (SPEC: the older form); warm that form.
+                # spindle asks for `<did>/<name>` (docs/trigger.md, "Knot access"); warm that form.
                 params = {"repo": f"{self.actor}/cold", "ref": sha}
                 await direct.get(f"/xrpc/{TREE}", params={**params, "path": ".github/workflows"})
                 for i in range(10):

@@ -14,7 +14,7 @@ In a plain Starlette endpoint (the trigger's hot path), first thing:
 
 FastAPI runs a dependency before validating a declared body model, but it reads (and rejects
 malformed) JSON before any dependency: a route that must answer 401 ahead of every body detail
-(SPEC: authentication first) takes the raw `Request` and parses the body after authenticating.
+(docs/trigger.md: authentication first) takes the raw `Request` and parses the body after authenticating.
 `iss == actor` and repo rights are the route's business (403).
 """
 

@@ -1,4 +1,4 @@
-"""The trigger procedure's input and output, checked against the lexicon and SPEC.md's rules."""
+"""The trigger procedure's input and output, checked against the lexicon and the rules of docs/trigger.md."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ _validate_lexicon = lexicons().input_validator(TRIGGER_NSID)
 
 
 def parse_trigger_input(body: Any) -> TriggerInput:
-    """Check a decoded JSON body against the lexicon and SPEC.md; 400 naming the field otherwise."""
+    """Check a decoded JSON body against the lexicon and docs/trigger.md; 400 naming the field otherwise."""
     _validate_lexicon(body)
     knot, ref = body["knot"], body["ref"]
     rkey, repo_name = body["pipelineRkey"], body["repoName"]
