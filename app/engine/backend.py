@@ -1,0 +1,146 @@
+"""The interface between the workflow runner and what executes jobs for it.
+
+The runner (app/engine/runner.py) does everything GitHub-specific: expressions, matrix, step
+order, file commands, outputs, checkout. A backend provides one isolated place per job and runs
+processes in it. Lifecycle, as Woodpecker's backends have it:
+
+    start()                           once, before the first job: find and probe the engine
+    setup_job(spec) -> Job            a job's container (its image pulled or built), its own
+                                      network, its services started and healthy
+      put_files(job, files)           write the step's script, the event payload
+      exec(job, request, ...)         one process to completion, timeout or cancel
+      read_file(job, path, limit)     a file command the step wrote (GITHUB_OUTPUT ...)
+      limit_hits(job)                 which per-job limit a failed process ran into
+    destroy_job(job)                  containers, network and volumes of the job, gone
+    reap(keep=...)                    what a crashed process left behind, gone
+    close()                           at shutdown
+
+The container backend (app/engine/container/backend.py) is the one the service uses: every job
+in a container of Podman or Docker. A Kubernetes backend would be its sibling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from app.engine.container.options import ContainerOptions
+
+# (stream, line): stream is "stdout" or "stderr", line has no trailing newline.
+OutputSink = Callable[[str, str], None]
+Progress = Callable[[str], None]
+
+
+class EngineUnavailable(RuntimeError):
+    """No job can run: the engine is missing, does not answer, or cannot be made safe."""
+
+
+class JobSetupError(RuntimeError):
+    """This job cannot start: its image cannot be had, a service never became healthy, a bad
+    option. The message is for the run's log."""
+
+
+class FileCommandError(RuntimeError):
+    """A file the step controls is not a regular file, or larger than its cap."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mb: int
+    max_processes: int
+    cpus: float
+    disk_mb: int
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    id: str  # the service's key in `services:`; also its host name
+    image: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    options: ContainerOptions = field(default_factory=ContainerOptions)
+    ports: tuple[str, ...] = ()
+    credentials: Mapping[str, str] | None = None
+    command: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    run_id: int
+    job_key: str  # unique in the run: "<n>-<job id>"
+    image: str
+    limits: Limits
+    network: str  # "filtered" | "none"
+    env: Mapping[str, str] = field(default_factory=dict)  # the container's own env (container.env)
+    options: ContainerOptions = field(default_factory=ContainerOptions)
+    credentials: Mapping[str, str] | None = None
+    services: tuple[ServiceSpec, ...] = ()
+    directories: tuple[str, ...] = ()  # created empty before the first step
+
+
+@dataclass
+class Job:
+    """A running job's handle; what it holds is the backend's business."""
+
+    spec: JobSpec
+    container_id: str
+    name: str
+    services: dict[str, str] = field(default_factory=dict)  # service id -> container id
+    network_id: str | None = None
+    limit_hit: str | None = None  # set by the backend's watch when a limit stopped the job
+    counters: dict[str, int] = field(default_factory=dict)
+    watch: asyncio.Task[None] | None = None
+
+
+@dataclass
+class ExecRequest:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str  # a path inside the job's container
+    timeout: float  # seconds of wall-clock time before every process the step started is killed
+    user: str | None = None
+
+
+@dataclass
+class ExecResult:
+    exit_code: int | None  # 128 + N when killed by signal N
+    timed_out: bool = False
+    cancelled: bool = False
+    error: str | None = None  # the process could not be started at all
+    limit: str | None = None  # the per-job limit that stopped it, in words
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs jobs for workflow runs; one instance serves every run of the service."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str:
+        """One line for a run's log: what isolates the jobs."""
+        ...
+
+    def check(self) -> None:
+        """Raise EngineUnavailable with a clear reason when no job can run."""
+
+    async def setup_job(self, spec: JobSpec, *, progress: Progress) -> Job: ...
+
+    async def put_files(self, job: Job, files: Mapping[str, bytes]) -> None: ...
+
+    async def exec(
+        self, job: Job, request: ExecRequest, *, output: OutputSink, cancel: asyncio.Event
+    ) -> ExecResult: ...
+
+    async def read_files(self, job: Job, paths: Mapping[str, str], *, limit: int) -> dict[str, bytes]: ...
+
+    async def destroy_job(self, job: Job) -> None: ...
+
+    async def reap(self, *, keep: Callable[[int], bool]) -> int:
+        """Remove every job of this spindle whose run `keep(run_id)` says is no longer running
+        here; the number of containers removed."""
+        ...

@@ -1,0 +1,635 @@
+"""Every job in a container of Podman or Docker, driven through the Docker Engine API (aiodocker).
+
+A job is:
+    a network of its own      bridge named firewall.BRIDGE_PREFIX + random, so the host policy
+                              (app/engine/container/firewall.py) applies to it
+    the job container         its `container:` image or the runner image, kept alive by
+                              `tail -f /dev/null`; steps are `exec`s into it, as act and the
+                              Forgejo runner do
+    one container per service sharing the job container's network namespace (and, on Podman,
+                              its user namespace): reachable on `localhost` at their ports and by
+                              their service id, which the job container's /etc/hosts maps to
+                              127.0.0.1, as GitHub's runners make them reachable
+
+Isolation (docs/execution.md): container root maps to an unprivileged host uid (Podman's
+`userns=auto`; Docker with userns-remap), no-new-privileges, the engine's default capabilities
+and seccomp profile, no host path mounted, memory/processes/CPUs limited by the engine's
+cgroups, the writable layer's size watched. Nothing a job controls is opened on the host: files
+the step writes are read back through `exec` with byte caps, never through a host path.
+Every container and network carries labels naming this spindle instance and the run, so that
+a restarted spindle finds and removes what a crash left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import re
+import secrets
+import tarfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+
+from app.config import Settings
+from app.engine.backend import (
+    EngineUnavailable,
+    ExecRequest,
+    ExecResult,
+    FileCommandError,
+    Job,
+    JobSetupError,
+    JobSpec,
+    OutputSink,
+    Progress,
+    ServiceSpec,
+)
+from app.engine.container import firewall
+from app.engine.container.options import ContainerOptions, HealthCheck
+
+log = logging.getLogger(__name__)
+
+LABEL_INSTANCE = "dev.spindle.instance"
+LABEL_RUN = "dev.spindle.run"
+LABEL_JOB = "dev.spindle.job"
+LABEL_ROLE = "dev.spindle.role"  # job | service
+KEEPALIVE = ["tail", "-f", "/dev/null"]
+MAX_LINE_BYTES = 64 * 1024  # a longer line is cut into pieces (the log sink truncates further)
+KILL_DRAIN = 5.0  # seconds to keep reading output after the step's processes were killed
+DISK_WATCH_INTERVAL = 5.0
+EXIT_LIMIT = 137
+# Reading a file command back: at most this long, whatever the job left there (a FIFO, say).
+READ_TIMEOUT = 10.0
+# The cgroup counters a container sees of itself (v1, then v2 paths).
+_COUNTERS_SCRIPT = r"""
+for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events \
+         /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
+  [ -r "$f" ] && sed "s|^|$f |" "$f"
+done 2>/dev/null
+exit 0
+"""
+_STAT_SCRIPT = r"""
+for f; do
+  if [ -f "$f" ] && [ ! -L "$f" ]; then wc -c < "$f"; else echo -1; fi
+done 2>/dev/null
+"""
+_READ_SCRIPT = 'f=$1; [ -f "$f" ] && [ ! -L "$f" ] || exit 3; exec head -c "$2" -- "$f"'
+_NAME_SAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
+
+
+def _name(*parts: object) -> str:
+    return _NAME_SAFE.sub("-", "-".join(str(p) for p in parts)).strip("-")[:100]
+
+
+def _tar(files: Mapping[str, bytes], directories: tuple[str, ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        now = time.time()
+        for directory in directories:
+            info = tarfile.TarInfo(directory.lstrip("/"))
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o777 if "/_temp" in directory else 0o755
+            info.mtime = now
+            archive.addfile(info)
+        for path, data in files.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(data)
+            info.mode = 0o755
+            info.mtime = now
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class _Lines:
+    """Splits a stream's chunks into lines, cut at MAX_LINE_BYTES."""
+
+    def __init__(self, stream: str, output: OutputSink) -> None:
+        self.stream = stream
+        self.output = output
+        self.pending = b""
+
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+        while True:
+            index = self.pending.find(b"\n")
+            if index < 0:
+                break
+            self._emit(self.pending[:index])
+            self.pending = self.pending[index + 1 :]
+        while len(self.pending) >= MAX_LINE_BYTES:
+            self._emit(self.pending[:MAX_LINE_BYTES])
+            self.pending = self.pending[MAX_LINE_BYTES:]
+
+    def close(self) -> None:
+        if self.pending:
+            self._emit(self.pending)
+            self.pending = b""
+
+    def _emit(self, raw: bytes) -> None:
+        self.output(self.stream, raw.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+
+Connect = Callable[[Settings], Awaitable[tuple[aiodocker.Docker, Callable[[], Awaitable[None]]]]]
+
+
+async def _default_connect(settings: Settings) -> tuple[aiodocker.Docker, Callable[[], Awaitable[None]]]:
+    from app.engine.container import engine
+
+    handle = await engine.connect(settings)
+    return handle.docker, handle.close
+
+
+class ContainerBackend:
+    name = "container"
+
+    def __init__(self, *, settings: Settings, instance_id: str, connect: Connect | None = None) -> None:
+        self.settings = settings
+        self.instance_id = instance_id
+        self._connect = connect or _default_connect
+        self._closer: Callable[[], Awaitable[None]] | None = None
+        self.docker: aiodocker.Docker | None = None
+        self.unavailable: str | None = None
+        self.engine_name = "?"
+        self.podman = False
+        self.userns = False
+        self.firewall = firewall.Firewall()
+        self._jobs: dict[str, Job] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.docker is not None or self.unavailable is not None:
+            return
+        try:
+            self.docker, self._closer = await self._connect(self.settings)
+            version = await self.docker.version()
+        except (EngineUnavailable, DockerError, OSError, aiodocker.exceptions.DockerError) as exc:
+            self.unavailable = f"the container engine is not available: {exc}"
+            log.error("%s", self.unavailable)
+            return
+        components = [c.get("Name", "") for c in version.get("Components", []) or []]
+        self.podman = any("podman" in name.lower() for name in components)
+        self.engine_name = f"{'Podman' if self.podman else 'Docker'} {version.get('Version', '?')}"
+        info = await self.docker.system.info()
+        security = " ".join(str(item) for item in info.get("SecurityOptions", []) or [])
+        # Podman maps container root through `userns=auto` (its containers.conf, written by the
+        # spindle); Docker only with the daemon's userns-remap.
+        self.userns = self.podman or "userns" in security
+        if self.settings.job_network == "filtered":
+            try:
+                async with self.firewall.guard():
+                    pass
+            except firewall.FirewallUnavailable as exc:
+                self.unavailable = (
+                    f"jobs cannot be given a filtered network: {exc} "
+                    "(or set SPINDLE_JOB_NETWORK=none to run jobs without a network)"
+                )
+                log.error("%s", self.unavailable)
+
+    async def close(self) -> None:
+        for job in list(self._jobs.values()):
+            await self.destroy_job(job)
+        if self.settings.job_network == "filtered" and self.unavailable is None and self.docker is not None:
+            with contextlib.suppress(OSError):
+                await self.firewall.remove_if_unused()
+        if self.docker is not None:
+            await self.docker.close()
+            self.docker = None
+        if self._closer is not None:
+            await self._closer()
+            self._closer = None
+
+    def describe(self) -> str:
+        network = (
+            "the internet but no host, private or link-local address"
+            if self.settings.job_network == "filtered"
+            else "no network"
+        )
+        root = "container root mapped to an unprivileged host user" if self.userns else "container root"
+        return f"a container per job on {self.engine_name} ({root}; network: {network})"
+
+    def check(self) -> None:
+        if self.unavailable is not None:
+            raise EngineUnavailable(self.unavailable)
+        if self.docker is None:
+            raise EngineUnavailable("the container engine was not started")
+
+    @property
+    def _docker(self) -> aiodocker.Docker:
+        if self.docker is None:
+            raise EngineUnavailable("the container engine was not started")
+        return self.docker
+
+    def _labels(self, spec: JobSpec, role: str) -> dict[str, str]:
+        return {
+            LABEL_INSTANCE: self.instance_id,
+            LABEL_RUN: str(spec.run_id),
+            LABEL_JOB: spec.job_key,
+            LABEL_ROLE: role,
+        }
+
+    # -- setting a job up ---------------------------------------------------------------------
+
+    async def setup_job(self, spec: JobSpec, *, progress: Progress) -> Job:
+        docker = self._docker
+        name = _name("spindle", spec.run_id, spec.job_key, secrets.token_hex(3))
+        job = Job(spec=spec, container_id="", name=name)
+        self._jobs[name] = job
+        try:
+            await self._ensure_image(spec.image, spec.credentials, progress)
+            for service in spec.services:
+                await self._ensure_image(service.image, service.credentials, progress)
+            if spec.network == "filtered":
+                network = await docker.networks.create(
+                    {
+                        "Name": name,
+                        "Driver": "bridge",
+                        "Labels": self._labels(spec, "job"),
+                        "Options": {
+                            "com.docker.network.bridge.name": firewall.BRIDGE_PREFIX + secrets.token_hex(6)
+                        },
+                    }
+                )
+                job.network_id = network.id
+            config = self._job_config(spec, network_mode=name if spec.network == "filtered" else "none")
+            container = await docker.containers.create(config, name=name)
+            job.container_id = container.id
+            async with self._network_guard(spec):
+                await container.start()
+            for service in spec.services:
+                job.services[service.id] = await self._start_service(job, service)
+            await self.put_files(job, {}, directories=spec.directories)
+            job.counters = await self._counters(job)
+            job.watch = asyncio.create_task(self._watch_disk(job), name=f"disk watch {name}")
+            for service in spec.services:
+                if service.options.health is not None:
+                    await self._wait_healthy(job, service, service.options.health, progress)
+        except BaseException:
+            await self.destroy_job(job)
+            raise
+        return job
+
+    def _network_guard(self, spec: JobSpec) -> contextlib.AbstractAsyncContextManager[None]:
+        if spec.network == "filtered":
+            return self.firewall.guard()
+        return contextlib.nullcontext()
+
+    def _limits(self, spec: JobSpec, options: ContainerOptions) -> dict[str, Any]:
+        memory = spec.limits.memory_mb * 1024 * 1024
+        if options.memory_bytes is not None:
+            memory = min(memory, max(options.memory_bytes, 6 * 1024 * 1024))
+        cpus = min(spec.limits.cpus, options.cpus) if options.cpus else spec.limits.cpus
+        host: dict[str, Any] = {
+            "Memory": memory,
+            "MemorySwap": memory,  # no swap beyond the limit
+            "PidsLimit": spec.limits.max_processes,
+            "NanoCpus": int(cpus * 1e9),
+            "SecurityOpt": ["no-new-privileges"],
+            "Privileged": False,
+            "ReadonlyRootfs": False,
+        }
+        if options.shm_size is not None:
+            host["ShmSize"] = min(options.shm_size, memory)
+        if options.tmpfs:
+            host["Tmpfs"] = {
+                path: opts for path, _, opts in (entry.partition(":") for entry in options.tmpfs)
+            }
+        return host
+
+    def _job_config(self, spec: JobSpec, *, network_mode: str) -> dict[str, Any]:
+        host = self._limits(spec, spec.options)
+        host["NetworkMode"] = network_mode
+        host["ExtraHosts"] = [f"{service.id}:127.0.0.1" for service in spec.services]
+        if spec.network == "filtered":
+            # Services bind their usual ports (80, 443 ...) as the container's root user would.
+            host["Sysctls"] = {"net.ipv4.ip_unprivileged_port_start": "0"}
+        env = {**spec.options.env, **spec.env}
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Entrypoint": [],
+            "Cmd": KEEPALIVE,
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Labels": self._labels(spec, "job"),
+            "HostConfig": host,
+            "Hostname": spec.options.hostname or _name(spec.job_key)[:63] or "job",
+        }
+        if spec.options.user:
+            config["User"] = spec.options.user
+        if spec.options.workdir:
+            config["WorkingDir"] = spec.options.workdir
+        return config
+
+    async def _start_service(self, job: Job, service: ServiceSpec) -> str:
+        spec = job.spec
+        host = self._limits(spec, service.options)
+        host["NetworkMode"] = f"container:{job.container_id}"
+        if self.podman:
+            # Joining another container's network namespace needs its user namespace too (a
+            # container in another one may not mount /sys for it).
+            host["UsernsMode"] = f"container:{job.container_id}"
+        env = {**service.options.env, **service.env}
+        config: dict[str, Any] = {
+            "Image": service.image,
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Labels": {**self._labels(spec, "service"), "dev.spindle.service": service.id},
+            "HostConfig": host,
+        }
+        if service.options.entrypoint is not None:
+            config["Entrypoint"] = [service.options.entrypoint]
+        if service.command is not None:
+            config["Cmd"] = list(service.command)
+        if service.options.user:
+            config["User"] = service.options.user
+        if service.options.workdir:
+            config["WorkingDir"] = service.options.workdir
+        name = _name(job.name, service.id)
+        try:
+            container = await self._docker.containers.create(config, name=name)
+            job.services[service.id] = container.id
+            await container.start()
+        except DockerError as exc:
+            raise JobSetupError(
+                f"service {service.id} ({service.image}) did not start: {exc.message}"
+            ) from None
+        return container.id
+
+    async def _wait_healthy(
+        self, job: Job, service: ServiceSpec, check: HealthCheck, progress: Progress
+    ) -> None:
+        """Health checks run here, through exec: Podman without systemd runs none by itself."""
+        container = self._docker.containers.container(job.services[service.id])
+        progress(f"waiting for service {service.id} to be healthy ({check.cmd})")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        failures = 0
+        while True:
+            state = (await container.show()).get("State", {})
+            if not state.get("Running", False):
+                logs = await self._tail_logs(container)
+                raise JobSetupError(
+                    f"service {service.id} exited with code {state.get('ExitCode')} before it was healthy"
+                    + (f"; its last output:\n{logs}" if logs else "")
+                )
+            code = await self._probe(container.id, check)
+            if code == 0:
+                progress(f"service {service.id} is healthy")
+                return
+            if loop.time() - started >= check.start_period:
+                failures += 1
+                if failures >= max(check.retries, 1):
+                    logs = await self._tail_logs(container)
+                    raise JobSetupError(
+                        f"service {service.id} is unhealthy: its health check failed {failures} times"
+                        + (f"; its last output:\n{logs}" if logs else "")
+                    )
+            await asyncio.sleep(min(check.interval, 5.0) if failures == 0 else check.interval)
+
+    async def _probe(self, container_id: str, check: HealthCheck) -> int | None:
+        container = self._docker.containers.container(container_id)
+        try:
+            execution = await container.exec(cmd=["/bin/sh", "-c", check.cmd], stdout=True, stderr=True)
+            async with asyncio.timeout(check.timeout):
+                async with execution.start(detach=False) as stream:
+                    while await stream.read_out() is not None:
+                        pass
+            return (await execution.inspect()).get("ExitCode")
+        except (TimeoutError, DockerError):
+            return None
+
+    async def _tail_logs(self, container: Any) -> str:
+        with contextlib.suppress(DockerError, ValueError):
+            lines = await container.log(stdout=True, stderr=True, tail=20)
+            return "".join(lines)[-4000:].rstrip()
+        return ""
+
+    async def _ensure_image(
+        self, image: str, credentials: Mapping[str, str] | None, progress: Progress
+    ) -> None:
+        from app.engine.container import images
+
+        try:
+            await images.ensure_image(self._docker, image, credentials=credentials, progress=progress)
+        except images.ImageError as exc:
+            raise JobSetupError(str(exc)) from None
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def put_files(
+        self, job: Job, files: Mapping[str, bytes], *, directories: tuple[str, ...] = ()
+    ) -> None:
+        if not files and not directories:
+            return
+        container = self._docker.containers.container(job.container_id)
+        await container.put_archive("/", _tar(files, directories))
+
+    async def read_files(self, job: Job, paths: Mapping[str, str], *, limit: int) -> dict[str, bytes]:
+        """Regular files only, at most `limit` bytes each: FileCommandError names the first that
+        is not. A missing file reads as empty."""
+        names = list(paths)
+        stat = await self._capture(job, ["/bin/sh", "-c", _STAT_SCRIPT, "sh", *paths.values()], limit=4096)
+        sizes = stat.split()
+        result: dict[str, bytes] = {}
+        for index, name in enumerate(names):
+            size = int(sizes[index]) if index < len(sizes) and sizes[index].lstrip(b"-").isdigit() else -1
+            if size > limit:
+                raise FileCommandError(f"{name} is larger than {limit // 1024} KiB")
+            if size <= 0:
+                result[name] = b""
+                continue
+            data = await self._capture(
+                job, ["/bin/sh", "-c", _READ_SCRIPT, "sh", paths[name], str(limit + 1)], limit=limit + 1
+            )
+            if len(data) > limit:
+                raise FileCommandError(f"{name} is larger than {limit // 1024} KiB")
+            result[name] = data
+        return result
+
+    async def _capture(self, job: Job, argv: list[str], *, limit: int) -> bytes:
+        """stdout of a short helper process in the job's container, at most `limit` bytes."""
+        container = self._docker.containers.container(job.container_id)
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            execution = await container.exec(cmd=argv, stdout=True, stderr=False, user="0")
+            async with asyncio.timeout(READ_TIMEOUT):
+                async with execution.start(detach=False) as stream:
+                    while (message := await stream.read_out()) is not None:
+                        if message.stream == 1 and total <= limit:
+                            chunks.append(message.data)
+                            total += len(message.data)
+        except TimeoutError:
+            raise FileCommandError("reading the step's file commands took too long") from None
+        except DockerError as exc:
+            raise FileCommandError(f"the step's file commands cannot be read: {exc.message}") from None
+        return b"".join(chunks)[: limit + 1]
+
+    # -- running processes --------------------------------------------------------------------
+
+    async def exec(
+        self, job: Job, request: ExecRequest, *, output: OutputSink, cancel: asyncio.Event
+    ) -> ExecResult:
+        if job.limit_hit is not None:
+            return ExecResult(None, error=job.limit_hit, limit=job.limit_hit)
+        container = self._docker.containers.container(job.container_id)
+        try:
+            execution = await container.exec(
+                cmd=request.argv,
+                stdout=True,
+                stderr=True,
+                environment=request.env,
+                workdir=request.cwd,
+                user=request.user or "",
+            )
+        except DockerError as exc:
+            return ExecResult(None, error=f"the step could not be started: {exc.message}")
+        lines = {1: _Lines("stdout", output), 2: _Lines("stderr", output)}
+
+        async def pump() -> None:
+            async with execution.start(detach=False) as stream:
+                while (message := await stream.read_out()) is not None:
+                    lines.get(message.stream, lines[1]).feed(message.data)
+
+        reader = asyncio.create_task(pump())
+        cancelled = asyncio.create_task(cancel.wait())
+        timed_out = was_cancelled = False
+        try:
+            done, _ = await asyncio.wait(
+                {reader, cancelled}, timeout=max(request.timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
+            )
+            if reader not in done:
+                was_cancelled = cancelled in done
+                timed_out = not was_cancelled
+                await self._kill_processes(job)
+                with contextlib.suppress(TimeoutError, DockerError):
+                    await asyncio.wait_for(asyncio.shield(reader), KILL_DRAIN)
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                exc = reader.exception()
+                log.warning("exec output of %s ended with %r", job.name, exc)
+        finally:
+            cancelled.cancel()
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            for splitter in lines.values():
+                splitter.close()
+        exit_code: int | None = None
+        with contextlib.suppress(DockerError):
+            exit_code = (await execution.inspect()).get("ExitCode")
+        result = ExecResult(exit_code, timed_out=timed_out, cancelled=was_cancelled)
+        if job.limit_hit is not None:
+            result.limit = job.limit_hit
+        elif exit_code not in (0, None) and not timed_out and not was_cancelled:
+            result.limit = await self.limit_hits(job)
+        return result
+
+    async def _kill_processes(self, job: Job) -> None:
+        """Every process of the job container but its keep-alive (PID 1), as the step's end."""
+        container = self._docker.containers.container(job.container_id)
+        with contextlib.suppress(DockerError, TimeoutError):
+            execution = await container.exec(cmd=["/bin/sh", "-c", "kill -KILL -1"], user="0")
+            async with asyncio.timeout(READ_TIMEOUT):
+                async with execution.start(detach=False) as stream:
+                    while await stream.read_out() is not None:
+                        pass
+
+    async def _counters(self, job: Job) -> dict[str, int]:
+        try:
+            text = (await self._capture(job, ["/bin/sh", "-c", _COUNTERS_SCRIPT], limit=8192)).decode()
+        except FileCommandError:
+            return {}
+        counters: dict[str, int] = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) != 3 or not parts[2].isdigit():
+                continue
+            path, key, value = parts
+            if key == "oom_kill":
+                counters["memory"] = counters.get("memory", 0) + int(value)
+            elif key == "max" and "pids" in path:
+                counters["processes"] = counters.get("processes", 0) + int(value)
+        return counters
+
+    async def limit_hits(self, job: Job) -> str | None:
+        """The memory or process limit, in words, when the job ran into it since the last look."""
+        now = await self._counters(job)
+        before, job.counters = job.counters, now
+        limits = job.spec.limits
+        if now.get("memory", 0) > before.get("memory", 0):
+            return f"the job ran out of memory (limit {limits.memory_mb} MiB, SPINDLE_JOB_MEMORY_MB)"
+        if now.get("processes", 0) > before.get("processes", 0):
+            return f"the job reached its process limit ({limits.max_processes}, SPINDLE_JOB_MAX_PROCESSES)"
+        return None
+
+    async def _watch_disk(self, job: Job) -> None:
+        """The writable layer's size, every few seconds: past the limit, the job is stopped."""
+        limit = job.spec.limits.disk_mb * 1024 * 1024
+        ids = [job.container_id, *job.services.values()]
+        while True:
+            await asyncio.sleep(DISK_WATCH_INTERVAL)
+            used = 0
+            for container_id in ids:
+                with contextlib.suppress(DockerError):
+                    info = await self._docker._query_json(
+                        f"containers/{container_id}/json", params={"size": "1"}
+                    )
+                    used += int(info.get("SizeRw") or 0)
+            if used > limit:
+                job.limit_hit = (
+                    f"the job wrote more than {job.spec.limits.disk_mb} MiB to disk (SPINDLE_JOB_DISK_MB)"
+                )
+                await self._kill_processes(job)
+                return
+
+    # -- tearing down -------------------------------------------------------------------------
+
+    async def destroy_job(self, job: Job) -> None:
+        self._jobs.pop(job.name, None)
+        if job.watch is not None:
+            job.watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job.watch
+        ids = [*job.services.values(), job.container_id]
+        for container_id in ids:
+            if container_id:
+                await self._remove_container(container_id)
+        if job.network_id is not None:
+            await self._remove_network(job.network_id)
+
+    async def _remove_container(self, container_id: str) -> None:
+        container = self._docker.containers.container(container_id)
+        with contextlib.suppress(DockerError):
+            await container.kill()
+        with contextlib.suppress(DockerError):
+            await container.delete(force=True, v=True)
+
+    async def _remove_network(self, network_id: str) -> None:
+        with contextlib.suppress(DockerError):
+            await self._docker._query_json(f"networks/{network_id}", method="DELETE")
+
+    async def reap(self, *, keep: Callable[[int], bool]) -> int:
+        docker = self._docker
+        label = f"{LABEL_INSTANCE}={self.instance_id}"
+        containers = await docker.containers.list(all=True, filters={"label": [label]})
+        removed = 0
+        networks: set[str] = set()
+        for container in containers:
+            labels = container._container.get("Labels") or {}
+            run = labels.get(LABEL_RUN, "")
+            if run.isdigit() and keep(int(run)):
+                continue
+            await self._remove_container(container.id)
+            removed += 1
+        for network in await docker.networks.list(filters={"label": [label]}):
+            labels = network.get("Labels") or {}
+            run = labels.get(LABEL_RUN, "")
+            if not (run.isdigit() and keep(int(run))):
+                networks.add(network["Id"])
+        for network_id in networks:
+            await self._remove_network(network_id)
+        return removed
