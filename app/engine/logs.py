@@ -3,9 +3,12 @@
 Lines are buffered and written as LogLine rows in one transaction every FLUSH_INTERVAL seconds
 or BATCH_LINES lines, whichever comes first; after the commit the batch goes to the broker
 topic `logs_topic(run_id)` as one list of dicts (see `line_payload`). The broker never blocks,
-so no number of watchers slows a step down. A run may write at most MAX_LINES data lines and
-MAX_BYTES of content; past that a control line says the log was truncated and further output
-is counted but dropped (step start/end lines are still kept, so the log keeps its shape).
+so no number of watchers slows a step down. A run may store at most MAX_LINES lines and
+`max_bytes` (SPINDLE_RUN_LOG_MB) of content, every stored line counted, step boundaries and their
+commands included; past that a control line says the log was truncated and further output is
+counted but dropped. Step start/end lines are still kept, without their command, so that the log
+keeps its shape, but only within a small reserve (CONTROL_RESERVE_BYTES): a run of endless empty
+steps cannot grow the log past its cap either.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ MAX_LINES = 200_000
 MAX_BYTES = 50 * 1024 * 1024
 MAX_LINE_CHARS = 16 * 1024
 TRUNCATED_SUFFIX = " … [line truncated]"
+CONTROL_RESERVE_BYTES = 1024 * 1024
 
 
 def _iso(moment: datetime) -> str:
@@ -100,13 +104,8 @@ class LogSink:
             content = content[: self.max_line_chars] + TRUNCATED_SUFFIX
         size = len(content.encode("utf-8", errors="replace"))
         if self.lines + 1 > self.max_lines or self.bytes + size > self.max_bytes:
-            self.truncated = True
             self.dropped += 1
-            self.control(
-                f"log truncated: this run wrote more than {self.max_lines} lines or "
-                f"{self.max_bytes // (1024 * 1024)} MB; further output is not kept",
-                step_id=step_id,
-            )
+            self._truncate(step_id)
             return
         self.lines += 1
         self.bytes += size
@@ -129,7 +128,29 @@ class LogSink:
             content = content[: self.max_line_chars] + TRUNCATED_SUFFIX
         if step_command is not None and len(step_command) > self.max_line_chars:
             step_command = step_command[: self.max_line_chars] + TRUNCATED_SUFFIX
+        if self.truncated:
+            step_command = None  # past the cap, a boundary keeps the log's shape and nothing more
+        size = len(content.encode("utf-8", errors="replace"))
+        if step_command is not None:
+            size += len(step_command.encode("utf-8", errors="replace"))
+        budget = self.max_bytes + (CONTROL_RESERVE_BYTES if self.truncated else 0)
+        if self.bytes + size > budget or self.lines + 1 > self.max_lines + (1000 if self.truncated else 0):
+            if self.truncated:
+                self.dropped += 1
+                return
+            self._truncate(step_id)
+            step_command = None
+        self.lines += 1
+        self.bytes += size
         self._add("control", content, step_id=step_id, step_status=step_status, step_command=step_command)
+
+    def _truncate(self, step_id: int | None) -> None:
+        self.truncated = True
+        self.control(
+            f"log truncated: this run wrote more than {self.max_lines} lines or "
+            f"{self.max_bytes // (1024 * 1024)} MB; further output is not kept",
+            step_id=step_id,
+        )
 
     def _add(
         self,

@@ -20,14 +20,15 @@ async def test_a_run_past_its_line_cap_keeps_one_truncation_notice_and_its_step_
     sink.control("Build", step_id=0, step_status="end", step_command="make")
     await sink.close()
     lines = await harness.lines(run_id)
-    assert [line.content for line in lines if line.kind == "data"] == [f"line {i}" for i in range(5)]
+    # Every stored line counts, the step's start line too: four data lines fit under five.
+    assert [line.content for line in lines if line.kind == "data"] == [f"line {i}" for i in range(4)]
     controls = [(line.step_status, line.content) for line in lines if line.kind == "control"]
     assert controls == [
         ("start", "Build"),
         (None, "log truncated: this run wrote more than 5 lines or 50 MB; further output is not kept"),
         ("end", "Build"),
     ]
-    assert (sink.truncated, sink.dropped) == (True, 15)
+    assert (sink.truncated, sink.dropped) == (True, 16)
 
 
 async def test_a_run_past_its_byte_cap_is_truncated_too(harness: Harness) -> None:
@@ -39,6 +40,23 @@ async def test_a_run_past_its_byte_cap_is_truncated_too(harness: Harness) -> Non
     await sink.close()
     kinds = [line.kind for line in await harness.lines(run_id)]
     assert kinds == ["data", "data", "control"]
+
+
+async def test_step_boundaries_and_their_commands_count_against_the_byte_cap(harness: Harness) -> None:
+    run_id = await harness.add_run("on: push\njobs: {a: {steps: [{run: echo}]}}\n", status=Status.RUNNING)
+    cap = 64 * 1024
+    sink = LogSink(run_id=run_id, sessionmaker=harness.sessionmaker, broker=harness.broker, max_bytes=cap)
+    await sink.start()
+    # The attack: thousands of steps with long commands and no output at all.
+    for step in range(5000):
+        sink.control("s", step_id=step, step_status="start", step_command="x" * 10_000)
+        sink.control("s", step_id=step, step_status="end", step_command="x" * 10_000)
+    await sink.close()
+    lines = await harness.lines(run_id)
+    stored = sum(len(line.content) + len(line.step_command or "") for line in lines)
+    assert sink.truncated
+    assert stored <= cap + 1024 * 1024
+    assert all(line.step_command is None for line in lines[-10:])
 
 
 async def test_an_overlong_line_is_cut_and_marked(harness: Harness) -> None:

@@ -31,6 +31,7 @@ import secrets
 import tarfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -426,6 +427,12 @@ class ContainerBackend:
             return
         container = self._docker.containers.container(job.container_id)
         await container.put_archive("/", _tar(files, directories))
+
+    async def put_tar(self, job: Job, archive: Path) -> None:
+        """A tar archive from the host, streamed (aiohttp reads the file off the event loop)."""
+        container = self._docker.containers.container(job.container_id)
+        with archive.open("rb") as stream:
+            await container.put_archive("/", stream)
 
     async def read_files(self, job: Job, paths: Mapping[str, str], *, limit: int) -> dict[str, bytes]:
         """Regular files only, at most `limit` bytes each: FileCommandError names the first that
