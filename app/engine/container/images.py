@@ -20,6 +20,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -78,6 +79,14 @@ _DPKG_EXCLUDES = (
     "path-exclude=/usr/share/locale/*",
 )
 _CHUNK = 1 << 20
+# Debian policy's package name (and an optional :arch): nothing mmdebstrap would read as an option
+# or split at a comma.
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?\Z")
+# A Docker image reference: [host[:port]/]path[:tag], lower-case path components.
+IMAGE_REF_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?\Z"
+)
 
 
 class ImageError(RuntimeError):
@@ -221,6 +230,9 @@ async def build(
     also_tag: Sequence[str] = (),
 ) -> str:
     """mmdebstrap a root file system into a temporary tar, import it, tag it `image.tag` and `also_tag`."""
+    bad = [p for p in image.packages if not PACKAGE_RE.match(p)]
+    if bad:
+        raise ImageBuildFailed(f"cannot build {image.repository}: not Debian package names: {bad}")
     mmdebstrap = shutil.which("mmdebstrap")
     if mmdebstrap is None:
         raise ImageBuildFailed(f"cannot build {image.tag}: mmdebstrap is not installed: run scripts/setup")
@@ -298,10 +310,16 @@ async def _import(docker: aiodocker.Docker, rootfs: Path, *, what: str) -> str:
     return image_id
 
 
+def split_ref(ref: str) -> tuple[str, str]:
+    """`localhost:5000/name:tag` → (`localhost:5000/name`, `tag`); no tag → `latest`."""
+    repository, colon, tag = ref.rpartition(":")
+    if not colon or "/" in tag:  # no tag, or the colon of `host:port/name`
+        return ref, "latest"
+    return repository, tag
+
+
 async def _tag(docker: aiodocker.Docker, image: str, ref: str) -> None:
-    repository, _, tag = ref.rpartition(":")
-    if not repository or "/" in tag:  # `host:port/name` without a tag
-        repository, tag = ref, "latest"
+    repository, tag = split_ref(ref)
     await docker.images.tag(image, repository, tag=tag)
 
 
