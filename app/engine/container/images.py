@@ -20,6 +20,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -279,7 +280,10 @@ async def _run(argv: list[str], *, progress: Progress, what: str) -> None:
             await process.wait()
     if code != 0:
         detail = "\n".join(tail[-5:])
-        raise ImageBuildFailed(f"cannot build {what}: {Path(argv[0]).name} exited with {code}:\n{detail}")
+        hint = "" if os.geteuid() == 0 else "\n(mmdebstrap needs root, or unprivileged user namespaces)"
+        raise ImageBuildFailed(
+            f"cannot build {what}: {Path(argv[0]).name} exited with {code}:\n{detail}{hint}"
+        )
 
 
 async def _import(docker: aiodocker.Docker, rootfs: Path, *, what: str) -> str:
