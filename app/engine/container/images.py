@@ -177,8 +177,8 @@ async def ensure_image(
         raise ImagePullFailed(f"cannot pull image {ref}: {exc.message}") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise ImagePullFailed(f"cannot pull image {ref}: the engine's connection failed: {exc}") from None
-    # Podman reports some failures only by not having the image afterwards.
-    if not await image_exists(docker, ref):
+    # A stream that ends without an error is no proof: the image must be there now.
+    if not await image_exists(docker, name):
         raise ImagePullFailed(f"cannot pull image {ref}: the engine reported no error but has no such image")
     progress(f"pulled {name}")
 
@@ -186,7 +186,7 @@ async def ensure_image(
 def qualified_name(ref: str) -> str:
     """`node:20` → `docker.io/library/node:20`; a name with a registry host is kept, a missing tag is
     `latest`. Docker Hub, as GitHub reads `container:`, whatever the engine's search registries."""
-    first, slash, rest = ref.partition("/")
+    first, slash, _ = ref.partition("/")
     if not slash:
         ref = f"docker.io/library/{ref}"
     elif not ("." in first or ":" in first or first == "localhost"):
@@ -218,7 +218,9 @@ async def ensure_default_runner_image(
     if await image_exists(docker, RUNNER_IMAGE.tag):
         await _tag(docker, RUNNER_IMAGE.tag, settings.runner_image)
         return settings.runner_image
-    progress(f"building the runner image {settings.runner_image} from Debian packages (a few minutes, once)")
+    progress(
+        f"building the runner image {settings.runner_image} from Debian packages (a minute or two, once)"
+    )
     await build(docker, RUNNER_IMAGE, progress=progress, also_tag=[settings.runner_image])
     return settings.runner_image
 
