@@ -88,35 +88,38 @@ async def connect(settings: Settings) -> EngineHandle:
     """The engine jobs run in: SPINDLE_DOCKER_HOST, else DOCKER_HOST, else a Podman service we
     start, else /var/run/docker.sock."""
     if settings.docker_host:
-        return await _attach(settings.docker_host, what="SPINDLE_DOCKER_HOST")
-    if os.environ.get("DOCKER_HOST"):
-        return await _attach(os.environ["DOCKER_HOST"], what="DOCKER_HOST")
+        return await _attach(settings.docker_host, source=f"SPINDLE_DOCKER_HOST={settings.docker_host}")
+    if docker_host := os.environ.get("DOCKER_HOST"):
+        return await _attach(docker_host, source=f"DOCKER_HOST={docker_host}")
     if shutil.which("podman"):
         return await _start_podman(settings.data_dir / "podman")
     if DOCKER_SOCKET.is_socket():
-        return await _attach(f"unix://{DOCKER_SOCKET}", what=str(DOCKER_SOCKET))
+        return await _attach(f"unix://{DOCKER_SOCKET}", source=f"{DOCKER_SOCKET} (podman is not installed)")
     raise EngineNotFound(
         f"no container engine: podman is not installed and {DOCKER_SOCKET} does not exist: "
         "run scripts/setup or set SPINDLE_DOCKER_HOST"
     )
 
 
-async def _attach(url: str, *, what: str) -> EngineHandle:
+async def _attach(url: str, *, source: str) -> EngineHandle:
     """A client for an engine someone else runs; it must answer /_ping now."""
-    docker = _client(url, what=what)
-    reason = await _ping(docker)
-    if reason is not None:
+    docker = _client(url, source=source)
+    try:
+        reason = await _ping(docker)
+        if reason is not None:
+            raise EngineNotFound(f"{source} does not answer /_ping: {reason}")
+        return await _identify(docker, url)
+    except BaseException:
         await docker.close()
-        raise EngineNotFound(f"{what}={url} does not answer /_ping: {reason}")
-    return await _identify(docker, url)
+        raise
 
 
-def _client(url: str, *, what: str) -> aiodocker.Docker:
+def _client(url: str, *, source: str) -> aiodocker.Docker:
     try:
         return aiodocker.Docker(url=url)
     except ValueError as exc:
         raise EngineNotFound(
-            f"{what}={url} is not an engine address (unix:///path or tcp://host:port): {exc}"
+            f"{source} is not an engine address (unix:///path or tcp://host:port): {exc}"
         ) from None
 
 
@@ -210,7 +213,7 @@ async def _start_podman(directory: Path) -> EngineHandle:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = f"unix://{socket}"
     if socket.exists():
-        stale = _client(url, what="the podman socket")
+        stale = _client(url, source=str(socket))
         answered = await _ping(stale) is None
         await stale.close()
         if answered:
