@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import aiodocker
@@ -182,3 +183,45 @@ def test_a_container_with_an_exec_leaves_nothing_behind_when_slash_is_private(
     left = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
     assert [link["ifname"] for link in left if link["ifname"] == bridge] == []
     assert [link["ifname"] for link in left if link["ifindex"] in report["veths"]] == []
+
+
+HANG_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from app.config import Settings
+    from app.engine.container import engine
+
+    async def main(data_dir):
+        handle = await engine.connect(Settings(data_dir=Path(data_dir), docker_host=None))
+        print(handle.service.process.pid, flush=True)
+        await asyncio.sleep(300)
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_podman_service_dies_with_a_spindle_killed_by_sigkill(tmp_path: Path) -> None:
+    script = tmp_path / "hang.py"
+    script.write_text(HANG_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPINDLE_") and k != "DOCKER_HOST"}
+    spindle = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "data")],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert spindle.stdout is not None
+        podman = int(spindle.stdout.readline())
+        assert Path(f"/proc/{podman}").exists()
+    finally:
+        spindle.kill()
+        spindle.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{podman}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{podman}").exists()
