@@ -41,7 +41,7 @@ Progress = Callable[[str], None]
 
 SUITE = "bookworm"
 # Bumped when the way an image is made changes (mmdebstrap options, image config): a new tag.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 RUNNER_REPOSITORY = "localhost/spindle-runner"
 # What GitHub's runners offer that most workflows assume, from Debian's archive.
 RUNNER_PACKAGES: tuple[str, ...] = (
@@ -71,6 +71,10 @@ IMAGE_CHANGES = (
     "ENV LANG=C.UTF-8",
     'CMD ["bash"]',
 )
+# On every image built here: what went into it, so that `ensure_default_runner_image` can tell
+# whether the image under the configured tag still has every package the runner image needs.
+PACKAGES_LABEL = "sh.tangled.spindle.packages"
+RECIPE_LABEL = "sh.tangled.spindle.recipe"
 # Documentation and translations are a third of an image and no job reads them.
 _DPKG_EXCLUDES = (
     "path-exclude=/usr/share/man/*",
@@ -122,6 +126,20 @@ class DebianImage:
             }
         )
         return f"{self.repository}:{self.suite}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {PACKAGES_LABEL: " ".join(sorted(set(self.packages))), RECIPE_LABEL: self.recipe}
+
+    @property
+    def recipe(self) -> str:
+        return f"{self.suite}/{RECIPE_VERSION}"
+
+    def is_built_by(self, config: Mapping[str, Any]) -> bool:
+        """True for an image config made by this recipe with at least these packages."""
+        labels = config.get("Labels") or {}
+        packages = set(labels.get(PACKAGES_LABEL, "").split())
+        return labels.get(RECIPE_LABEL) == self.recipe and packages >= set(self.packages)
 
 
 RUNNER_IMAGE = DebianImage(RUNNER_REPOSITORY, RUNNER_PACKAGES)
@@ -211,12 +229,18 @@ async def ensure_built(
 async def ensure_default_runner_image(
     docker: aiodocker.Docker, *, settings: Settings, progress: Progress
 ) -> str | None:
-    """Before the first job: build the default runner image if it is missing or its package list
-    changed. Another SPINDLE_RUNNER_IMAGE is left to ensure_image() (pulled when a job needs it)."""
+    """Before the first job: build the default runner image if it is missing or lacks a package of
+    RUNNER_PACKAGES (an image `spindle runner-image build --package` made with more is kept).
+    Another SPINDLE_RUNNER_IMAGE is left to ensure_image() (pulled when a job needs it)."""
     if settings.runner_image != Settings.model_fields["runner_image"].default:
         return None
-    if await image_exists(docker, RUNNER_IMAGE.tag):
-        await _tag(docker, RUNNER_IMAGE.tag, settings.runner_image)
+    try:
+        config = (await docker.images.inspect(settings.runner_image))["Config"] or {}
+    except aiodocker.DockerError as exc:
+        if exc.status != 404:
+            raise
+        config = {}
+    if RUNNER_IMAGE.is_built_by(config):
         return settings.runner_image
     progress(
         f"building the runner image {settings.runner_image} from Debian packages (a minute or two, once)"
@@ -252,7 +276,7 @@ async def build(
         progress(f"mmdebstrap {image.suite} with {len(set(image.packages))} packages")
         await _run(argv, progress=progress, what=image.tag)
         progress(f"importing {rootfs.stat().st_size >> 20} MiB into the engine")
-        image_id = await _import(docker, rootfs, what=image.tag)
+        image_id = await _import(docker, rootfs, image)
     for ref in (image.tag, *also_tag):
         await _tag(docker, image_id, ref)
     progress(f"built {image.tag}" + "".join(f", tagged {ref}" for ref in also_tag))
@@ -274,25 +298,27 @@ async def _run(argv: list[str], *, progress: Progress, what: str) -> None:
             line = raw.decode(errors="replace").rstrip()
             if line:
                 progress(line)
-                tail = [*tail[-19:], line]
+                tail = [*tail[-4:], line]
         code = await process.wait()
     finally:
         if process.returncode is None:  # cancelled: leave nothing running
             process.kill()
             await process.wait()
     if code != 0:
-        detail = "\n".join(tail[-5:])
+        detail = "\n".join(tail)
         hint = "" if os.geteuid() == 0 else "\n(mmdebstrap needs root, or unprivileged user namespaces)"
         raise ImageBuildFailed(
             f"cannot build {what}: {Path(argv[0]).name} exited with {code}:\n{detail}{hint}"
         )
 
 
-async def _import(docker: aiodocker.Docker, rootfs: Path, *, what: str) -> str:
+async def _import(docker: aiodocker.Docker, rootfs: Path, image: DebianImage) -> str:
     """POST /images/create?fromSrc=- with the tar as body; the new image's id.
 
     No repo/tag here: Podman's compat API ignores `tag` and would tag `:latest`; _tag() names it."""
-    query = urlencode([("fromSrc", "-"), *(("changes", change) for change in IMAGE_CHANGES)])
+    labels = [f"LABEL {key}={json.dumps(value)}" for key, value in image.labels.items()]
+    query = urlencode([("fromSrc", "-"), *(("changes", change) for change in (*IMAGE_CHANGES, *labels))])
+    what = image.tag
     image_id = ""
     try:
         async with docker._query(

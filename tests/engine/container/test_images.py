@@ -95,6 +95,22 @@ async def test_the_default_runner_image_is_built_only_when_it_is_the_configured_
     assert lines == []
 
 
+def test_an_image_under_the_default_tag_is_kept_when_it_has_every_runner_package() -> None:
+    image = images.DebianImage("localhost/x", ("bash", "git"))
+    more = images.DebianImage("localhost/x", ("bash", "git", "rustc"))
+    assert image.is_built_by({"Labels": more.labels})
+    assert not more.is_built_by({"Labels": image.labels})
+    assert not image.is_built_by({"Labels": {**image.labels, images.RECIPE_LABEL: "bookworm/0"}})
+    assert not image.is_built_by({"Labels": None})
+    assert not image.is_built_by({})
+
+
+async def test_a_built_image_says_what_went_into_it(docker: aiodocker.Docker) -> None:
+    config = (await docker.images.inspect(TEST_IMAGE.tag))["Config"]
+    assert config["Labels"] == TEST_IMAGE.labels
+    assert TEST_IMAGE.is_built_by(config)
+
+
 def test_references_are_split_at_the_tag_not_at_a_registry_port() -> None:
     assert images.split_ref("localhost/a:b") == ("localhost/a", "b")
     assert images.split_ref("localhost:5000/a") == ("localhost:5000/a", "latest")
