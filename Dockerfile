@@ -1,8 +1,8 @@
 # The spindle service: `docker build -t spindle .`, or `docker compose up` (docker-compose.yml).
 #
-# Steps run under bubblewrap when it works (SPINDLE_SANDBOX=auto). Inside a container bubblewrap
-# needs user namespaces and a fresh /proc, which Docker's default seccomp/AppArmor profiles and
-# masked /proc paths refuse: docker-compose.yml grants them (security_opt); see the notes there.
+# No job runs in this container: each runs in a container of the host's engine (Docker, or Podman's
+# Docker-compatible API), reached through its socket mounted here (SPINDLE_DOCKER_HOST; see
+# docker-compose.yml).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,12 +10,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# git fetches the repos that workflows check out; bubblewrap confines their steps.
+# git fetches repos and actions; mmdebstrap builds the runner image from Debian packages
+# (`spindle runner-image build`, which needs root and mounts: see docker-compose.yml).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git bubblewrap ca-certificates \
+    && apt-get install -y --no-install-recommends git ca-certificates mmdebstrap \
     && rm -rf /var/lib/apt/lists/*
 
-# An unprivileged user: the per-step process limit (RLIMIT_NPROC) does not hold for root.
+# An unprivileged user: the service itself needs no privilege; it reaches the engine's socket
+# through the socket's group (group_add in docker-compose.yml).
 RUN groupadd --system --gid 10001 spindle \
     && useradd --system --uid 10001 --gid spindle --home-dir /var/lib/spindle --shell /usr/sbin/nologin spindle \
     && install -d -o spindle -g spindle -m 0750 /var/lib/spindle

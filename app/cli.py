@@ -1,4 +1,4 @@
-"""The `spindle` admin command: serve, migrate, and manage the registry of repos."""
+"""The `spindle` admin command: serve, migrate, manage the registry of repos, build the runner image."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from pydantic import ValidationError
@@ -15,6 +16,8 @@ from pydantic import ValidationError
 from app import migrate
 from app.config import DID_RE, Settings, is_valid_host
 from app.database import create_engine, create_sessionmaker
+from app.engine.container import engine as container_engine
+from app.engine.container import images
 from app.repos import service as repo_service
 
 
@@ -35,6 +38,18 @@ def _did(value: str) -> str:
 def _host(value: str) -> str:
     if not is_valid_host(value):
         raise argparse.ArgumentTypeError(f"not a host[:port] (no scheme or path): {value!r}")
+    return value
+
+
+def _image_ref(value: str) -> str:
+    if not images.IMAGE_REF_RE.match(value):
+        raise argparse.ArgumentTypeError(f"not an image reference such as localhost/name:tag: {value!r}")
+    return value
+
+
+def _package(value: str) -> str:
+    if not images.PACKAGE_RE.match(value):
+        raise argparse.ArgumentTypeError(f"not a Debian package name: {value!r}")
     return value
 
 
@@ -64,6 +79,21 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--knot", required=True, type=_host)
     rm.add_argument("--repo-did", required=True, type=_did)
     rm.add_argument("--name", required=True)
+
+    image = sub.add_parser("runner-image", help="the image jobs run in when they name none").add_subparsers(
+        dest="image_command", required=True
+    )
+    build = image.add_parser(
+        "build", help="build it from Debian packages with mmdebstrap and import it into the engine"
+    )
+    build.add_argument("--tag", type=_image_ref, help="name it this (default: SPINDLE_RUNNER_IMAGE)")
+    build.add_argument(
+        "--package",
+        action="append",
+        default=[],
+        type=_package,
+        help="a Debian package to install besides the default list (repeatable)",
+    )
     return parser
 
 
@@ -118,6 +148,31 @@ async def _repo_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _runner_image_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`runner-image build`: always a fresh build (Debian's updates), named by its digest tag and --tag."""
+    ref = args.tag or settings.runner_image
+    image = images.DebianImage(images.split_ref(ref)[0], (*images.RUNNER_PACKAGES, *args.package))
+    started = time.monotonic()
+    try:
+        handle = await container_engine.connect(settings)
+    except container_engine.EngineNotFound as exc:
+        print(f"spindle: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"engine: {handle.describe()}", flush=True)
+        await images.build(
+            handle.docker, image, progress=lambda line: print(line, flush=True), also_tag=[ref]
+        )
+        size = (await handle.docker.images.inspect(ref))["Size"]
+    except images.ImageError as exc:
+        print(f"spindle: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await handle.close()
+    print(f"{ref} ({image.tag}): {size / 1e6:.0f} MB, built in {time.monotonic() - started:.0f} s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings()
@@ -131,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "repo":
         migrate.upgrade(settings.resolved_database_url)
         return asyncio.run(_repo_command(settings, args))
+    if args.command == "runner-image":
+        return asyncio.run(_runner_image_command(settings, args))
     if args.command == "serve":
         try:
             settings.require_owner()
