@@ -153,6 +153,10 @@ class SkipEvent(Exception):
     """Well-formed enough to have a place in the stream, but not for us or not runnable."""
 
 
+class SilentKnot(TimeoutError):
+    """The knot did not complete the `/events` handshake within the knot timeout."""
+
+
 def parse_pipeline_event(*, knot: str, rkey: str, event: Any) -> knot_dispatch.DispatchedPipeline:
     """Check one pipeline event that `knot` sent; SkipEvent says why it does not run here."""
     try:
@@ -300,6 +304,8 @@ class KnotEventConsumer:
             try:
                 await self._connection(knot, link)
                 link.last_error = "the knot closed the stream"
+            except SilentKnot as exc:
+                link.last_error = str(exc)
             except (OSError, TimeoutError, WebSocketException) as exc:
                 link.last_error = f"{type(exc).__name__}: {exc}"
                 if (
@@ -327,17 +333,24 @@ class KnotEventConsumer:
         if knot in self._skip_to:
             cursor = max(cursor or 0, self._skip_to[knot])
         url = events_url(knot, dev=self.settings.dev, cursor=cursor)
-        async with connect(
-            url,
-            open_timeout=self.settings.knot_timeout,
-            max_size=MAX_WIRE_BYTES,
-            max_queue=MAX_QUEUED_FRAMES,
-            ping_interval=PING_INTERVAL,
-            ping_timeout=PING_TIMEOUT,
-            close_timeout=2,
-            proxy=None,
-            user_agent_header="tangled-spindle",
-        ) as ws:
+        try:
+            ws = await connect(
+                url,
+                open_timeout=self.settings.knot_timeout,
+                max_size=MAX_WIRE_BYTES,
+                max_queue=MAX_QUEUED_FRAMES,
+                ping_interval=PING_INTERVAL,
+                ping_timeout=PING_TIMEOUT,
+                close_timeout=2,
+                proxy=None,
+                user_agent_header="tangled-spindle",
+            )
+        except TimeoutError:
+            # Said in our words: the websockets library's own wording is not ours to promise.
+            raise SilentKnot(
+                f"the knot did not answer the /events handshake within {self.settings.knot_timeout:g} s"
+            ) from None
+        async with ws:
             link.connected = True
             link.connects += 1
             log.info("knot %s: reading %s", knot, url)

@@ -79,13 +79,18 @@ async def test_a_database_outage_is_503_and_the_service_recovers_without_a_resta
         assert await spindle.count(Pipeline) == 2
 
 
-SLEEPY = """\
+# The step ends when the test says so (a file in its workspace), not after a while: it ends during
+# the outage however long stopping the database takes.
+HELD = """\
 on: workflow_dispatch
 jobs:
   build:
     runs-on: ubuntu-latest
     steps:
-      - run: echo step-started; sleep 1; echo step-finished
+      - run: |
+          echo step-started
+          until [ -e "$GITHUB_WORKSPACE/go" ]; do sleep 0.05; done
+          echo step-finished
 """
 WAIT_SECONDS = 90.0  # a safety net against hangs, not a timing assertion
 
@@ -103,7 +108,7 @@ async def test_a_run_that_ends_during_an_outage_is_recorded_once_the_database_is
     port = free_port()
     settings = make_settings(hostname=f"127.0.0.1:{port}", database_url=pg_url)
     git = knot.create_repo(alice.did, "sleepy")
-    sha = git.commit({".github/workflows/ci.yml": SLEEPY})
+    sha = git.commit({".github/workflows/ci.yml": HELD})
     async with serve(settings, port) as spindle:
         await spindle.register(knot=knot.host, did=alice.did, name="sleepy")
         scheduler = spindle.ctx.scheduler
@@ -128,6 +133,8 @@ async def test_a_run_that_ends_during_an_outage_is_recorded_once_the_database_is
         await wait_until("the step to start", started)
         await spindle.engine.dispose()
         pg.stop()
+        [workspace] = (settings.data_dir / "work").glob("*/*/workspace")
+        (workspace / "go").touch()
 
         async def tried_to_record_the_end() -> bool:
             return bool(finish_attempts)

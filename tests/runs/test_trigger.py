@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from app.runs.models import Pipeline, Status, WorkflowRun
 from app.runs.schemas import TRIGGER_NSID
 from app.xrpc.lexicon import lexicons
-from tests.runs.conftest import CI_YML, Identity, KnotRepo, Spindle, new_identity
+from tests.runs.conftest import CI_YML, LINT_YAML, Identity, KnotRepo, Spindle, new_identity
+from tests.support.knot import TREE, TestKnot
 
 validate_output = lexicons().output_validator(TRIGGER_NSID)
 
@@ -103,19 +106,30 @@ async def test_the_same_rkey_with_different_content_is_invalid(spindle: Spindle,
     assert await spindle.count(Pipeline) == 1
 
 
-async def test_concurrent_duplicate_triggers_record_one_pipeline(spindle: Spindle, repo: KnotRepo):
-    body = repo.body()
-    repo.knot.latency = 0.05  # every request reaches the knot before any records
+async def test_concurrent_duplicate_triggers_record_one_pipeline(
+    make_spindle: Callable[..., Any], knot: TestKnot, alice: Identity
+):
+    # A knot timeout no slow machine comes near: the knot holds the first answers until the last.
+    async with make_spindle(knot_timeout=120.0) as spindle:
+        git = knot.create_repo(alice.did, "hello")
+        sha = git.commit({".github/workflows/ci.yml": CI_YML, ".github/workflows/lint.yaml": LINT_YAML})
+        await spindle.register(knot=knot.host, did=alice.did, name="hello")
+        repo = KnotRepo(knot, git, sha, alice)
+        body = repo.body()
+        # Every request reaches the knot before any records: the knot answers none of them until all
+        # six have asked for the file listing.
+        gathering = knot.gather(6, nsid=TREE)
 
-    responses = await asyncio.gather(*(spindle.trigger(body, by=repo.owner) for _ in range(6)))
+        responses = await asyncio.gather(*(spindle.trigger(body, by=repo.owner) for _ in range(6)))
 
-    assert [r.status_code for r in responses] == [200] * 6, [r.text for r in responses]
-    assert all(r.json() == responses[0].json() for r in responses)
-    assert await spindle.count(Pipeline) == 1
-    assert await spindle.count(WorkflowRun) == 2
-    pending = [e for e in await spindle.events() if e.status is Status.PENDING]
-    assert len(pending) == 2
-    assert spindle.wakes.count == 1
+        assert not gathering.broken, "the six requests did not all reach the knot"
+        assert [r.status_code for r in responses] == [200] * 6, [r.text for r in responses]
+        assert all(r.json() == responses[0].json() for r in responses)
+        assert await spindle.count(Pipeline) == 1
+        assert await spindle.count(WorkflowRun) == 2
+        pending = [e for e in await spindle.events() if e.status is Status.PENDING]
+        assert len(pending) == 2
+        assert spindle.wakes.count == 1
 
 
 async def test_a_collaborator_may_trigger(spindle: Spindle, knot, alice: Identity, bob: Identity):

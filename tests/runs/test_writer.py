@@ -240,6 +240,11 @@ async def test_sqlite_batch_waits_for_another_connection_holding_the_write_lock(
         await engine.dispose()
 
 
+PIPELINES = 3500  # over 5 KB each once stored: more than 16 MiB in all
+RESTARTS = 40  # RESTART checkpoints the stream of commits outlasts
+WAIT_SECONDS = 300.0  # a safety net against hangs, not a timing assertion
+
+
 async def test_sqlite_wal_stays_bounded_under_a_steady_stream_of_commits(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ):
@@ -247,16 +252,31 @@ async def test_sqlite_wal_stays_bounded_under_a_steady_stream_of_commits(
     # only the RESTART checkpoint past WAL_RESTART_BYTES lets the WAL start over.
     monkeypatch.setattr(writer_module, "WAL_RESTART_BYTES", 256 * 1024)
     monkeypatch.setattr(writer_module, "CHECKPOINT_INTERVAL", 0.05)
+    restarts: list[None] = []
+    checkpoint = writer_module._checkpoint
+
+    def counted_checkpoint(path: str, *, restart: bool = False) -> None:
+        checkpoint(path, restart=restart)
+        if restart:
+            restarts.append(None)
+
+    monkeypatch.setattr(writer_module, "_checkpoint", counted_checkpoint)
     wal = Path(make_url(sqlite_url).database + "-wal")
     engine = create_engine(sqlite_url)
     writer = PipelineWriter(engine=engine, max_batch=4)
     await writer.start()
     largest = 0
     stop = asyncio.Event()
+    queued = 0
 
-    async def commit_forever() -> None:
+    async def commit_until_enough() -> None:
+        # How long the stream lasts is counted in data and in checkpoints, not in seconds: the WAL
+        # holds what is committed between two checkpoints, whatever the speed of the machine, and
+        # after RESTARTS of them that is a small part of everything written.
+        nonlocal queued
         big = {"inputs": {"blob": "x" * 4000}}  # a few pages per pipeline: the WAL grows fast
-        while not stop.is_set():
+        while queued < PIPELINES or len(restarts) < RESTARTS:
+            queued += 1
             await writer.record(new_pipeline(trigger=big))
 
     async def watch() -> None:
@@ -266,12 +286,14 @@ async def test_sqlite_wal_stays_bounded_under_a_steady_stream_of_commits(
             await asyncio.sleep(0.01)
 
     try:
-        tasks = [asyncio.create_task(commit_forever()) for _ in range(8)] + [asyncio.create_task(watch())]
-        await asyncio.sleep(3)
+        watcher = asyncio.create_task(watch())
+        async with asyncio.timeout(WAIT_SECONDS):
+            await asyncio.gather(*(commit_until_enough() for _ in range(8)))
         stop.set()
-        await asyncio.gather(*tasks)
+        await watcher
         committed = writer.batches
     finally:
+        stop.set()
         await writer.stop()
         await engine.dispose()
     with sqlite3.connect(make_url(sqlite_url).database) as db:

@@ -31,6 +31,10 @@ Endpoints (the wire format of Tangled's knotserver, `knotserver/xrpc/repo_{tree,
 Knobs for XRPC answers (git HTTP is never slowed or broken by them); each takes `nsid=` to hit one
 method only (e.g. `nsid=BLOB`), and `knot.reset()` clears them all:
 - `knot.latency = 0.05`                       seconds before every XRPC answer
+- `knot.gather(10, nsid=BLOB)`                hold answers until 10 such requests are in flight at
+                                              once, then answer them all (once): proves a client's
+                                              concurrency, or that racing requests all got this far,
+                                              without depending on timing
 - `knot.fail(500, error="Boom", message="…")` answer this status and `{"error","message"}` body
 - `knot.fail(502, body="<html>…")`           a non-JSON body with this status
 - `knot.answer_garbage()`                     200 with a body that is not JSON
@@ -41,8 +45,10 @@ method only (e.g. `nsid=BLOB`), and `knot.reset()` clears them all:
 
 Request log: `knot.requests` is a list of `KnotRequest(method, path, query, nsid)` for every request
 (XRPC and git); `knot.xrpc_requests(nsid=None)` filters it; `knot.clear_requests()` empties it.
-`knot.peak_in_flight` is the most XRPC requests it was answering at once (with `latency` set, > 1
-proves a client sent them concurrently).
+`knot.peak_in_flight` is the most XRPC requests it was answering at once (with `gather` set, it
+reaches the count only when a client sent them concurrently). A gathering that is never complete
+answers the held requests after GATHER_SECONDS (a safety net, not a timing assertion) and says so in
+`knot.gathering.broken`.
 
 Extending (e.g. an `/events` WebSocket): pass `routes=[...]` (Starlette `Route`/`WebSocketRoute`)
 to `TestKnot(...)`, or call `knot.add_route(path, endpoint, methods=...)` /
@@ -169,6 +175,33 @@ class _Fault:
     body: Any = None
 
 
+GATHER_SECONDS = 60.0
+
+
+@dataclass
+class Gathering:
+    """`count` XRPC requests (for `nsid`, or any) held until they are all in flight; see gather()."""
+
+    count: int
+    nsid: str | None
+    arrived: int = 0
+    broken: bool = False  # the count never arrived: the held requests were answered anyway
+    _complete: asyncio.Event | None = None  # made on the knot's loop, which every request runs on
+
+    async def arrive(self) -> None:
+        if self._complete is None:
+            self._complete = asyncio.Event()
+        self.arrived += 1
+        if self.arrived >= self.count:
+            self._complete.set()
+            return
+        try:
+            await asyncio.wait_for(self._complete.wait(), GATHER_SECONDS)
+        except TimeoutError:
+            self.broken = True
+            self._complete.set()
+
+
 @dataclass
 class _Answer:
     status: int
@@ -201,6 +234,7 @@ class TestKnot:
         self.blob_encoding: Literal["auto", "base64"] = "auto"
         self.in_flight = 0
         self.peak_in_flight = 0  # most XRPC requests answered at once: proves a client's concurrency
+        self.gathering: Gathering | None = None
         self._faults: list[_Fault] = []
         self._stopping = False
         self._lock = threading.Lock()
@@ -281,8 +315,14 @@ class TestKnot:
     def hang(self, *, nsid: str | None = None) -> None:
         self._faults.append(_Fault("hang", nsid))
 
+    def gather(self, count: int, *, nsid: str | None = None) -> Gathering:
+        """Hold the next XRPC answers (for `nsid`, or any) until `count` requests are in flight."""
+        self.gathering = Gathering(count, nsid)
+        return self.gathering
+
     def reset(self) -> None:
         self._faults.clear()
+        self.gathering = None
         self.latency = 0.0
         self.blob_encoding = "auto"
 
@@ -323,6 +363,9 @@ class TestKnot:
     async def _xrpc_answer(
         self, request: Request, nsid: str, answer: Callable[[GitRepo, str, str], Any], query: dict[str, str]
     ) -> Response:
+        gathering = self.gathering
+        if gathering is not None and gathering.nsid in (None, nsid):
+            await gathering.arrive()
         if self.latency:
             await asyncio.sleep(self.latency)
         fault = next((f for f in self._faults if f.nsid in (None, nsid)), None)
