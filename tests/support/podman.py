@@ -31,7 +31,9 @@ from app.engine.container import engine, images
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TEST_IMAGE = images.DebianImage("localhost/spindle-test", ("bash", "coreutils", "git", "ca-certificates"))
+TEST_IMAGE = images.DebianImage(
+    "localhost/spindle-test", ("bash", "coreutils", "git", "ca-certificates", "python3-minimal", "procps")
+)
 START_TIMEOUT = 120.0  # a safety net against hangs, not a timing assertion
 BUILD_TIMEOUT = 600.0
 

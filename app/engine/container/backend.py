@@ -3,8 +3,8 @@
 A job is:
     a network of its own      bridge named firewall.BRIDGE_PREFIX + random, so the host policy
                               (app/engine/container/firewall.py) applies to it
-    the job container         its `container:` image or the runner image, kept alive by
-                              `tail -f /dev/null`; steps are `exec`s into it, as act and the
+    the job container         its `container:` image or the runner image, kept alive by a
+                              shell loop that reaps orphans; steps are `exec`s into it, as act and the
                               Forgejo runner do
     one container per service sharing the job container's network namespace (and, on Podman,
                               its user namespace): reachable on `localhost` at their ports and by
@@ -59,7 +59,9 @@ LABEL_INSTANCE = "dev.spindle.instance"
 LABEL_RUN = "dev.spindle.run"
 LABEL_JOB = "dev.spindle.job"
 LABEL_ROLE = "dev.spindle.role"  # job | service
-KEEPALIVE = ["tail", "-f", "/dev/null"]
+# PID 1 of a job container: waits forever and, being PID 1, reaps every orphan a step leaves
+# (dash's `wait` reaps any child while it waits), so killed processes do not stay zombies.
+KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 MAX_LINE_BYTES = 64 * 1024  # a longer line is cut into pieces (the log sink truncates further)
 KILL_DRAIN = 5.0  # seconds to keep reading output after the step's processes were killed
 DISK_WATCH_INTERVAL = 5.0
@@ -80,6 +82,22 @@ for f; do
 done 2>/dev/null
 """
 _READ_SCRIPT = 'f=$1; [ -f "$f" ] && [ ! -L "$f" ] || exit 3; exec head -c "$2" -- "$f"'
+# Every process but PID 1 and this script, stopped first so that none forks away, then killed;
+# `kill -KILL -1` would be the short way, but inside an exec session it signals nothing on Podman.
+_KILL_SCRIPT = r"""
+self=$$
+for round in 1 2 3 4 5; do
+  pids=""
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = 1 ] || [ "$pid" = "$self" ] || pids="$pids $pid"
+  done
+  [ -z "$pids" ] && exit 0
+  kill -STOP $pids 2>/dev/null
+  kill -KILL $pids 2>/dev/null
+done
+exit 0
+"""
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
@@ -539,7 +557,7 @@ class ContainerBackend:
         """Every process of the job container but its keep-alive (PID 1), as the step's end."""
         container = self._docker.containers.container(job.container_id)
         with contextlib.suppress(DockerError, TimeoutError):
-            execution = await container.exec(cmd=["/bin/sh", "-c", "kill -KILL -1"], user="0")
+            execution = await container.exec(cmd=["/bin/sh", "-c", _KILL_SCRIPT], user="0")
             async with asyncio.timeout(READ_TIMEOUT):
                 async with execution.start(detach=False) as stream:
                     while await stream.read_out() is not None:

@@ -5,7 +5,7 @@
     handle.describe()                  # "Podman 4.3.1 (API 1.41) at unix:///...": for the service log
     await handle.close()               # closes the client; stops the Podman service we started
 
-Errors: EngineNotFound (a subclass of app.engine.base.EngineUnavailable): no engine answers,
+Errors: EngineNotFound (a subclass of app.engine.backend.EngineUnavailable): no engine answers,
 and the message names what is missing.
 """
 
@@ -24,7 +24,7 @@ import aiodocker
 import aiohttp
 
 from app.config import Settings
-from app.engine.base import EngineUnavailable
+from app.engine.backend import EngineUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,12 @@ def test_refuses_every_flag_that_reaches_the_host(text: str) -> None:
 
 
 def test_ignores_flags_that_change_nothing_here_and_says_which() -> None:
-    assert parse_options("--rm --init --label a=b --name x").ignored == ["--rm", "--init", "--label", "--name"]
+    assert parse_options("--rm --init --label a=b --name x").ignored == [
+        "--rm",
+        "--init",
+        "--label",
+        "--name",
+    ]
 
 
 @pytest.mark.parametrize(
