@@ -166,14 +166,16 @@ async def test_a_service_is_reachable_by_its_id_and_on_localhost(
     server = (
         "import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
         "s.bind(('0.0.0.0', 80)); s.listen()\n"
-        "while True:\n c, _ = s.accept(); c.recv(1024); c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nhi'); c.close()"
+        "while True:\n c, _ = s.accept(); c.recv(1024)\n"
+        " c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nhi'); c.close()"
     )
     service = ServiceSpec(
         id="web",
         image=podman_engine.image,
         command=("python3", "-c", server),
         options=parse_options(
-            "--health-cmd \"bash -c 'exec 3<>/dev/tcp/127.0.0.1/80'\" --health-interval 1s --health-retries 30"
+            "--health-cmd \"bash -c 'exec 3<>/dev/tcp/127.0.0.1/80'\" "
+            "--health-interval 1s --health-retries 30"
         ),
     )
     progress: list[str] = []
