@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.engine.expressions import to_string
 from app.engine.sandbox import base_environment
+from app.workflows.expressions import to_string
 
 ACTION_RE = re.compile(r"^actions/checkout(@.+)?$", re.IGNORECASE)
 SUPPORTED_INPUTS = {"path", "ref", "fetch-depth", "repository"}

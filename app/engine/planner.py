@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from app.engine.expressions import kind, loose_equal, to_string
 from app.engine.workflow import Job, WorkflowError
+from app.workflows.expressions import kind, loose_equal, to_string
 
 MAX_COMBINATIONS = 256  # GitHub's limit per workflow run
 

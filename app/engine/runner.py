@@ -27,7 +27,12 @@ from app.config import Settings
 from app.engine import checkout
 from app.engine.base import Engine, EngineUnavailable, ExecRequest, Workspace
 from app.engine.context import RunSpec, github_context, runner_context, standard_env
-from app.engine.expressions import (
+from app.engine.logs import LogSink
+from app.engine.planner import expand_matrix, instance_name, job_order
+from app.engine.sandbox import base_environment
+from app.engine.workflow import Job, Step, Workflow, WorkflowError, parse_workflow
+from app.runs.models import Status
+from app.workflows.expressions import (
     Evaluation,
     ExpressionError,
     evaluate_condition,
@@ -37,11 +42,6 @@ from app.engine.expressions import (
     to_string,
     truthy,
 )
-from app.engine.logs import LogSink
-from app.engine.planner import expand_matrix, instance_name, job_order
-from app.engine.sandbox import base_environment
-from app.engine.workflow import Job, Step, Workflow, WorkflowError, parse_workflow
-from app.runs.models import Status
 
 MAX_FILE_COMMAND_BYTES = 1024 * 1024  # GitHub's limit for a step's outputs
 ACCEPTED_RUNNERS = re.compile(r"^(ubuntu(-.*)?|self-hosted|linux|x64|arm64)$", re.IGNORECASE)

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.expressions import to_string
 from app.workflows import parser
 from app.workflows.exceptions import InvalidWorkflow
+from app.workflows.expressions import to_string
 
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
 MAX_JOBS = 256
