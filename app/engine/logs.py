@@ -20,8 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database import utcnow
 from app.runs.models import LogLine
-from app.runs.status import logs_topic
-from app.streams.broker import Broker
+from app.streams.broker import Broker, logs_topic
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from app.repos.service import RegistrationCache, Rights
 from app.runs import schemas
 from app.runs.models import Pipeline, Status
 from app.runs.schemas import TriggerInput, WorkflowResult
-from app.runs.status import EVENTS_TOPIC, payload, publish, status_topic
+from app.runs.status import payload, publish
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun, StoredPipeline
-from app.streams.broker import Broker
+from app.streams.broker import EVENTS_TOPIC, Broker, status_topic
 from app.workflows.inputs import resolve_inputs
 from app.workflows.parser import Workflow, parse_workflow
 from app.xrpc.errors import Forbidden, InvalidRequest

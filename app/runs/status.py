@@ -9,17 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import utcnow
 from app.runs.models import Status, StatusEvent, WorkflowRun, pipeline_uri
-from app.streams.broker import Broker
-
-EVENTS_TOPIC = "events"
-
-
-def status_topic(run_id: int) -> tuple[str, int]:
-    return ("status", run_id)
-
-
-def logs_topic(run_id: int) -> tuple[str, int]:
-    return ("logs", run_id)
+from app.streams.broker import EVENTS_TOPIC, Broker, status_topic
 
 
 def transition(

@@ -15,10 +15,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.runs.status import EVENTS_TOPIC
 from app.streams import feeds as feeds_
 from app.streams import service
-from app.streams.broker import Broker, Subscription
+from app.streams.broker import EVENTS_TOPIC, Broker, Subscription
 
 Batch = list[Mapping[str, Any]]
 

@@ -7,9 +7,8 @@ import contextlib
 
 from app.database import create_engine, create_sessionmaker
 from app.runs.models import Status
-from app.runs.status import status_topic
 from app.streams import service, watch
-from app.streams.broker import Broker
+from app.streams.broker import Broker, status_topic
 from app.streams.feeds import Feeds
 from tests.streams.runs import Recorder, data
 from tests.streams.wire import PATIENCE
