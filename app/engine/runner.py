@@ -28,10 +28,9 @@ from app.engine import checkout
 from app.engine.base import Engine, EngineUnavailable, ExecRequest, Workspace
 from app.engine.context import RunSpec, github_context, runner_context, standard_env
 from app.engine.logs import LogSink
-from app.engine.planner import expand_matrix, instance_name, job_order
 from app.engine.sandbox import base_environment
-from app.engine.workflow import Job, Step, Workflow, WorkflowError, parse_workflow
 from app.runs.models import Status
+from app.workflows.exceptions import InvalidWorkflow, WorkflowError
 from app.workflows.expressions import (
     Evaluation,
     ExpressionError,
@@ -42,6 +41,10 @@ from app.workflows.expressions import (
     to_string,
     truthy,
 )
+from app.workflows.inputs import inputs_context
+from app.workflows.jobs import Job, Step
+from app.workflows.planner import expand_matrix, instance_name, job_order
+from app.workflows.workflow import Workflow, parse_workflow
 
 MAX_FILE_COMMAND_BYTES = 1024 * 1024  # GitHub's limit for a step's outputs
 ACCEPTED_RUNNERS = re.compile(r"^(ubuntu(-.*)?|self-hosted|linux|x64|arm64)$", re.IGNORECASE)
@@ -217,13 +220,13 @@ class WorkflowRunner:
             return RunOutcome(Status.FAILED, str(exc))
         self.logs.notice(f"steps run with {self.engine.describe()}")
         try:
-            workflow = parse_workflow(spec.source, path=spec.path, default_name=spec.path)
+            workflow = parse_workflow(spec.path, spec.source)
             order = job_order(workflow.jobs)
-        except WorkflowError as exc:
-            error = f"invalid workflow {spec.path}: {exc}"
+        except (InvalidWorkflow, WorkflowError) as exc:
+            error = f"invalid workflow {spec.path}: {exc.problem}"
             self.logs.notice(error)
             return RunOutcome(Status.FAILED, error)
-        for key in workflow.ignored:
+        for key in workflow.definition.ignored:
             self.logs.notice(f"the workflow key {key!r} is not supported by this spindle and is ignored")
         results: dict[str, JobResult] = {}
         first_failure: Failure | None = None
@@ -259,28 +262,13 @@ class WorkflowRunner:
                 stack.extend(workflow.jobs[current].needs)
         return seen
 
-    def _inputs_context(self, spec: RunSpec, workflow: Workflow) -> dict[str, Any]:
-        """`inputs`: strings, except declared boolean and number inputs, which GitHub types."""
-        inputs: dict[str, Any] = {}
-        for name, declared in workflow.inputs.items():
-            if declared.default is not None:
-                inputs[name] = declared.default
-        inputs.update(spec.inputs)
-        for name, declared in workflow.inputs.items():
-            value = inputs.get(name)
-            if isinstance(value, str) and declared.type == "boolean":
-                inputs[name] = value.strip().lower() == "true"
-            elif isinstance(value, str) and declared.type == "number" and value.strip():
-                inputs[name] = to_number(value)
-        return inputs
-
     async def _run_job(
         self, spec: RunSpec, workflow: Workflow, job: Job, results: dict[str, JobResult]
     ) -> JobResult:
         needs = {n: {"result": results[n].result, "outputs": results[n].outputs} for n in job.needs}
         base: dict[str, Any] = {
             "github": github_context(spec, workflow_name=workflow.name, job_id=job.id, workspace=None),
-            "inputs": self._inputs_context(spec, workflow),
+            "inputs": inputs_context(workflow.inputs, spec.inputs),
             "needs": needs,
             "vars": {},
             "secrets": {},
@@ -298,7 +286,8 @@ class WorkflowRunner:
             return JobResult("skipped")
         if job.uses is not None:
             return self._job_failure(
-                f"job '{job.id}' calls the reusable workflow {job.uses!r}, which this spindle does not run"
+                f"job '{job.id}' calls the reusable workflow {str(job.uses)!r}, "
+                "which this spindle does not run"
             )
         combinations: list[dict[str, Any]] = [{}]
         fail_fast = True
@@ -353,17 +342,13 @@ class WorkflowRunner:
         return JobResult("failure", failure=Failure(Status.FAILED, error))
 
     def _log_unsupported(self, job: Job, evaluation: Evaluation, name: str) -> None:
-        try:
-            runs_on = evaluate_value(job.runs_on, evaluation)
-        except ExpressionError:
-            runs_on = job.runs_on
-        labels = (
-            runs_on
-            if isinstance(runs_on, list)
-            else runs_on.get("labels", [])
-            if isinstance(runs_on, dict)
-            else [runs_on]
-        )
+        labels: list[Any] = []
+        for label in job.runs_on.labels if job.runs_on is not None else ():
+            try:
+                value = evaluate_value(label, evaluation)
+            except ExpressionError:
+                value = label
+            labels.extend(value if isinstance(value, list) else [value])
         odd = [
             to_string(label)
             for label in labels
@@ -376,7 +361,7 @@ class WorkflowRunner:
             )
         if job.container is not None:
             self.logs.notice(f"{name}: container: is not supported; steps run on the host")
-        if job.services is not None:
+        if job.services:
             self.logs.notice(f"{name}: services: are not supported; no service containers are started")
 
     async def _run_instance(
@@ -654,7 +639,7 @@ class WorkflowRunner:
         if step.uses is not None:
             if not checkout.is_checkout(step.uses):
                 raise StepError(
-                    f"the action {step.uses!r} is not supported by this spindle: only actions/checkout "
+                    f"the action {str(step.uses)!r} is not supported by this spindle: only actions/checkout "
                     "runs here (use a run: step instead)"
                 )
             with_ = {k: evaluate_value(v, step_evaluation) for k, v in step.with_.items()}

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.knot.client import KnotClient, WorkflowFile
+from app.knot.client import KnotClient
 from app.runs import service as runs_service
 from app.runs.models import Pipeline
 from app.runs.writer import NewPipeline, PipelineWriter, StoredPipeline
 from app.streams.broker import Broker
-from app.workflows.parser import WORKFLOW_SUFFIXES, workflow_stem
+from app.workflows.workflow import WORKFLOW_SUFFIXES, WorkflowFile, workflow_stem
 from app.xrpc.errors import InvalidRequest
 
 if TYPE_CHECKING:

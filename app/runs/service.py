@@ -19,7 +19,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.knot.client import KnotClient, WorkflowFile
+from app.knot.client import KnotClient
 from app.repos import service as repos_service
 from app.repos.models import Repo
 from app.repos.service import RegistrationCache, Rights
@@ -30,7 +30,7 @@ from app.runs.status import payload, publish
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun, StoredPipeline
 from app.streams.broker import EVENTS_TOPIC, Broker, status_topic
 from app.workflows.inputs import resolve_inputs
-from app.workflows.parser import Workflow, parse_workflow
+from app.workflows.workflow import Workflow, WorkflowFile, parse_workflow
 from app.xrpc.errors import Forbidden, InvalidRequest
 
 if TYPE_CHECKING:
