@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from app.knot.client import KnotClient
     from app.knot.events import KnotEventConsumer
     from app.repos.service import RegistrationCache
+    from app.runs.flows import RunStarter
     from app.runs.writer import PipelineWriter
 
 
@@ -34,5 +35,6 @@ class AppContext:
     scheduler: Scheduler
     consumer: KnotEventConsumer
     writer: PipelineWriter
+    starter: RunStarter
     registrations: RegistrationCache
     extras: dict[str, Any] = field(default_factory=dict)

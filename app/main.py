@@ -24,6 +24,7 @@ from app.knot.events import KnotEventConsumer
 from app.repos.service import RegistrationCache
 from app.runs import cancel as runs_cancel
 from app.runs import router as runs_router
+from app.runs.flows import RunStarter
 from app.runs.writer import PipelineWriter
 from app.streams import router as streams_router
 from app.streams.broker import Broker
@@ -58,14 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scheduler = Scheduler(settings=settings, sessionmaker=sessionmaker, broker=broker, knot=knot)
         writer = PipelineWriter(engine=engine)
         registrations = RegistrationCache(sessionmaker=sessionmaker)
-        consumer = KnotEventConsumer(
-            settings=settings,
-            sessionmaker=sessionmaker,
-            knot=knot,
-            scheduler=scheduler,
-            broker=broker,
-            writer=writer,
-        )
+        starter = RunStarter(writer=writer, broker=broker, scheduler=scheduler)
+        consumer = KnotEventConsumer(settings=settings, sessionmaker=sessionmaker, knot=knot, starter=starter)
         app.state.ctx = AppContext(
             settings=settings,
             engine=engine,
@@ -78,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             scheduler=scheduler,
             consumer=consumer,
             writer=writer,
+            starter=starter,
             registrations=registrations,
         )
         await writer.start()

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import utcnow
 from app.runs.models import Status, StatusEvent, WorkflowRun, pipeline_uri
+from app.runs.writer import StoredPipeline
 from app.streams.broker import EVENTS_TOPIC, Broker, status_topic
 
 
@@ -87,3 +88,29 @@ def publish(broker: Broker, run_id: int, item: dict[str, Any]) -> None:
     """Hand a committed transition's payload to the run's and the /events watchers."""
     broker.publish(status_topic(run_id), item)
     broker.publish(EVENTS_TOPIC, item)
+
+
+def announce_pipeline(broker: Broker, stored: StoredPipeline) -> None:
+    """Tell this process's watchers about the committed `pending` events of a new pipeline."""
+    assert stored.created_at is not None
+    # Most triggers have nobody watching yet: no payload is built for nobody.
+    if not broker.subscriber_count(EVENTS_TOPIC) and not any(
+        broker.subscriber_count(status_topic(event.run_id)) for event in stored.events
+    ):
+        return
+    for event in stored.events:
+        publish(
+            broker,
+            event.run_id,
+            payload(
+                event_id=event.event_id,
+                run_id=event.run_id,
+                knot=stored.knot,
+                rkey=stored.rkey,
+                workflow=event.workflow,
+                status=Status.PENDING,
+                error=None,
+                exit_code=None,
+                created_at=stored.created_at,
+            ),
+        )

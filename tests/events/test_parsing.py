@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from app.knot.dispatch import tangled_stem
 from app.knot.events import SkipEvent, cursor_mark, events_url, parse_pipeline_event, tid_time_ns
+from app.runs.flows import tangled_stem
 from app.streams.service import make_tid
 
 KNOT = "knot.example.com"
