@@ -45,7 +45,7 @@ from app.database import utcnow
 from app.knot.client import KnotClient
 from app.knot.models import KnotCursor
 from app.repos import service as repo_service
-from app.runs import flows
+from app.runs import flows as run_flows
 from app.runs.schemas import COMMIT_RE, INPUT_NAME_RE, MAX_INPUT_NAME, MAX_INPUTS, MAX_INPUTS_BYTES
 from app.xrpc.errors import InvalidRequest, UpstreamFailure
 from app.xrpc.lexicon import FORMATS
@@ -151,7 +151,7 @@ class SkipEvent(Exception):
     """Well-formed enough to have a place in the stream, but not for us or not runnable."""
 
 
-def parse_pipeline_event(*, knot: str, rkey: str, event: Any) -> flows.DispatchedPipeline:
+def parse_pipeline_event(*, knot: str, rkey: str, event: Any) -> run_flows.DispatchedPipeline:
     """Check one pipeline event that `knot` sent; SkipEvent says why it does not run here."""
     try:
         record = PipelineRecord.model_validate(event)
@@ -183,7 +183,7 @@ def parse_pipeline_event(*, knot: str, rkey: str, event: Any) -> flows.Dispatche
             raise SkipEvent(f"manual inputs are larger than {MAX_INPUTS_BYTES // 1024} KiB in total")
     if not record.workflows:
         raise SkipEvent("it names no workflow")
-    return flows.DispatchedPipeline(
+    return run_flows.DispatchedPipeline(
         knot=knot,
         rkey=rkey,
         repo_did=meta.repo.did,
@@ -225,7 +225,7 @@ class KnotEventConsumer:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         knot: KnotClient,
-        starter: flows.RunStarter,
+        flows: run_flows.RunFlows,
         refresh_seconds: float | None = None,
         backoff_start: float | None = None,
         backoff_max: float | None = None,
@@ -233,7 +233,7 @@ class KnotEventConsumer:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.knot = knot
-        self.starter = starter
+        self.flows = flows
         # Read at construction, not import, so that tests can shorten the module's defaults.
         self.refresh_seconds = REFRESH_SECONDS if refresh_seconds is None else refresh_seconds
         self.backoff_start = BACKOFF_START if backoff_start is None else backoff_start
@@ -410,9 +410,7 @@ class KnotEventConsumer:
         attempt = 1
         while True:
             try:
-                result = await flows.knot_pipeline(
-                    sessionmaker=self.sessionmaker, knot=self.knot, starter=self.starter, dispatch=dispatch
-                )
+                result = await self.flows.knot_pipeline(dispatch)
                 break
             except InvalidRequest as exc:
                 raise SkipEvent(exc.message) from None

@@ -73,7 +73,7 @@ def trigger_output(*, settings: Settings, stored: StoredPipeline) -> schemas.Tri
     }
 
 
-def stored_answer(pipeline: Pipeline) -> StoredPipeline:
+def _stored(pipeline: Pipeline) -> StoredPipeline:
     return StoredPipeline(
         created=False,
         knot=pipeline.knot,
@@ -84,8 +84,10 @@ def stored_answer(pipeline: Pipeline) -> StoredPipeline:
     )
 
 
-def replay(*, settings: Settings, stored: StoredPipeline, digest: str) -> schemas.TriggerOutput:
+def replay(*, settings: Settings, stored: Pipeline | StoredPipeline, digest: str) -> schemas.TriggerOutput:
     """A retry of the same trigger gets the stored answer; a different one reusing the rkey, 400."""
+    if isinstance(stored, Pipeline):
+        stored = _stored(stored)
     if stored.request_digest != digest:
         raise InvalidRequest(
             f"pipelineRkey {stored.rkey} was already used on knot {stored.knot} "

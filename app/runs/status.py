@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,40 +37,47 @@ def transition(
     return event
 
 
+class PipelineKey(Protocol):
+    """What names a pipeline: a stored row, or the writer's answer for a new one."""
+
+    @property
+    def knot(self) -> str: ...
+    @property
+    def rkey(self) -> str: ...
+
+
 def event_payload(run: WorkflowRun, event: StatusEvent) -> dict[str, Any]:
     """What status watchers receive: the run's identity and the transition."""
     return payload(
+        run.pipeline,
+        run.id,
+        run.name,
         event_id=event.id,
-        run_id=run.id,
-        knot=run.pipeline.knot,
-        rkey=run.pipeline.rkey,
-        workflow=run.name,
         status=event.status,
+        created_at=event.created_at,
         error=event.error,
         exit_code=event.exit_code,
-        created_at=event.created_at,
     )
 
 
 def payload(
+    pipeline: PipelineKey,
+    run_id: int,
+    workflow: str,
     *,
     event_id: int,
-    run_id: int,
-    knot: str,
-    rkey: str,
-    workflow: str,
     status: Status,
-    error: str | None,
-    exit_code: int | None,
     created_at: datetime,
+    error: str | None = None,
+    exit_code: int | None = None,
 ) -> dict[str, Any]:
-    """The watchers' payload from plain values (for writers that hold no ORM objects)."""
+    """The watchers' payload of one transition of the run `run_id` (the workflow `workflow`)."""
     return {
         "id": event_id,
         "workflowRunId": run_id,
-        "knot": knot,
-        "pipelineRkey": rkey,
-        "pipeline": pipeline_uri(knot, rkey),
+        "knot": pipeline.knot,
+        "pipelineRkey": pipeline.rkey,
+        "pipeline": pipeline_uri(pipeline.knot, pipeline.rkey),
         "workflow": workflow,
         "status": status.value,
         "error": error,
@@ -92,25 +99,20 @@ def publish(broker: Broker, run_id: int, item: dict[str, Any]) -> None:
 
 def announce_pipeline(broker: Broker, stored: StoredPipeline) -> None:
     """Tell this process's watchers about the committed `pending` events of a new pipeline."""
-    assert stored.created_at is not None
+    created_at = stored.created_at
+    assert created_at is not None
     # Most triggers have nobody watching yet: no payload is built for nobody.
     if not broker.subscriber_count(EVENTS_TOPIC) and not any(
         broker.subscriber_count(status_topic(event.run_id)) for event in stored.events
     ):
         return
     for event in stored.events:
-        publish(
-            broker,
+        item = payload(
+            stored,
             event.run_id,
-            payload(
-                event_id=event.event_id,
-                run_id=event.run_id,
-                knot=stored.knot,
-                rkey=stored.rkey,
-                workflow=event.workflow,
-                status=Status.PENDING,
-                error=None,
-                exit_code=None,
-                created_at=stored.created_at,
-            ),
+            event.workflow,
+            event_id=event.event_id,
+            status=Status.PENDING,
+            created_at=created_at,
         )
+        publish(broker, event.run_id, item)
