@@ -42,7 +42,7 @@ from app.workflows.expressions import (
     truthy,
 )
 from app.workflows.inputs import inputs_context
-from app.workflows.jobs import Job, Step
+from app.workflows.jobs import Job, RunDefaults, Step
 from app.workflows.planner import expand_matrix, instance_name, job_order
 from app.workflows.workflow import Workflow, parse_workflow
 
@@ -267,7 +267,9 @@ class WorkflowRunner:
     ) -> JobResult:
         needs = {n: {"result": results[n].result, "outputs": results[n].outputs} for n in job.needs}
         base: dict[str, Any] = {
-            "github": github_context(spec, workflow_name=workflow.name, job_id=job.id, workspace=None),
+            "github": github_context(
+                spec, workflow_name=workflow.definition.name, job_id=job.id, workspace=None
+            ),
             "inputs": inputs_context(workflow.inputs, spec.inputs),
             "needs": needs,
             "vars": {},
@@ -377,7 +379,9 @@ class WorkflowRunner:
         workspace = await self.engine.create_workspace(
             run_id=spec.run_id, job_key=f"{self.instance_counter:03d}-{job.id}"
         )
-        github = github_context(spec, workflow_name=workflow.name, job_id=job.id, workspace=workspace)
+        github = github_context(
+            spec, workflow_name=workflow.definition.name, job_id=job.id, workspace=workspace
+        )
         ctx: dict[str, Any] = {
             **base,
             "github": github,
@@ -399,7 +403,7 @@ class WorkflowRunner:
         self.logs.notice(f"job {name}")
         self._log_unsupported(job, evaluation, name)
         try:
-            workflow_env = {k: interpolate(v, evaluation) for k, v in workflow.env.items()}
+            workflow_env = {k: interpolate(v, evaluation) for k, v in workflow.definition.env.items()}
             ctx["env"] = dict(workflow_env)
             job_env = {k: interpolate(v, Evaluation(ctx)) for k, v in job.env.items()}
             ctx["env"] = {**workflow_env, **job_env}
@@ -420,6 +424,7 @@ class WorkflowRunner:
             deadline=asyncio.get_running_loop().time() + minutes * 60,
             minutes=minutes,
             status=_JobStatus(self.cancel),
+            defaults=job.defaults.over(workflow.definition.defaults),
         )
         for step in job.steps:
             if self.cancel.is_set():
@@ -428,7 +433,7 @@ class WorkflowRunner:
             ctx["steps"] = state.steps
             ctx["job"] = {"status": "failure" if state.status.failed else "success"}
             ctx["env"] = {**state.env, **state.github_env}
-            outcome = await self._step(spec, workflow, job, step, ctx, state)
+            outcome = await self._step(spec, step, ctx, state)
             if outcome is None:
                 continue
             if outcome.outcome == "cancelled":
@@ -456,13 +461,7 @@ class WorkflowRunner:
     # -- steps -----------------------------------------------------------------------------------
 
     async def _step(
-        self,
-        spec: RunSpec,
-        workflow: Workflow,
-        job: Job,
-        step: Step,
-        ctx: dict[str, Any],
-        state: _InstanceState,
+        self, spec: RunSpec, step: Step, ctx: dict[str, Any], state: _InstanceState
     ) -> StepOutcome | None:
         """Decide whether `step` runs, run it, record its outcome; None when it was skipped."""
         evaluation = Evaluation(ctx, state.status)
@@ -495,9 +494,7 @@ class WorkflowRunner:
             self.logs.notice(outcome.error or "")
             self._record(step, outcome, False, state)
             return outcome
-        outcome = await self._execute_step(
-            spec, workflow, job, step, evaluation, state, display, where, remaining
-        )
+        outcome = await self._execute_step(spec, step, evaluation, state, display, where, remaining)
         try:
             allowed = truthy(evaluate_value(step.continue_on_error, evaluation))
         except ExpressionError as exc:
@@ -525,8 +522,6 @@ class WorkflowRunner:
     async def _execute_step(
         self,
         spec: RunSpec,
-        workflow: Workflow,
-        job: Job,
         step: Step,
         evaluation: Evaluation,
         state: _InstanceState,
@@ -548,9 +543,7 @@ class WorkflowRunner:
         command_text = step.run if step.run is not None else f"uses: {step.uses}"
         self.logs.control(display, step_id=step_id, step_status="start", step_command=command_text)
         try:
-            requests, step_limit = self._prepare(
-                spec, workflow, job, step, evaluation, state, files, remaining
-            )
+            requests, step_limit = self._prepare(spec, step, evaluation, state, files, remaining)
         except (StepError, ExpressionError, checkout.CheckoutError) as exc:
             self.logs.data(f"Error: {exc}", stream="stderr", step_id=step_id)
             self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)
@@ -607,8 +600,6 @@ class WorkflowRunner:
     def _prepare(
         self,
         spec: RunSpec,
-        workflow: Workflow,
-        job: Job,
         step: Step,
         evaluation: Evaluation,
         state: _InstanceState,
@@ -661,15 +652,13 @@ class WorkflowRunner:
 
         assert step.run is not None
         script = interpolate(step.run, step_evaluation)
-        shell = step.shell or job.defaults.shell or workflow.defaults.shell
+        shell = step.shell or state.defaults.shell
         if shell is not None:
             shell = interpolate(shell, step_evaluation)
         template, extension = shell_command(shell, path=env["PATH"])
         script_path = workspace.temp / f"{uuid.uuid4()}{extension}"
         script_path.write_text(script, encoding="utf-8")
-        directory = (
-            step.working_directory or job.defaults.working_directory or workflow.defaults.working_directory
-        )
+        directory = step.working_directory or state.defaults.working_directory
         cwd = workspace.workspace
         if directory:
             directory = interpolate(directory, step_evaluation)
@@ -711,6 +700,7 @@ class _InstanceState:
     deadline: float
     minutes: float
     status: _JobStatus
+    defaults: RunDefaults  # the job's `defaults.run`, else the workflow's
     github_env: dict[str, str] = field(default_factory=dict)
     path_entries: list[str] = field(default_factory=list)
     steps: dict[str, Any] = field(default_factory=dict)

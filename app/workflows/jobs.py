@@ -36,6 +36,13 @@ class RunDefaults:
     shell: str | None = None
     working_directory: str | None = None
 
+    def over(self, fallback: RunDefaults) -> RunDefaults:
+        """These defaults, each one not set taken from `fallback` (a job's over its workflow's)."""
+        return RunDefaults(
+            shell=self.shell or fallback.shell,
+            working_directory=self.working_directory or fallback.working_directory,
+        )
+
 
 @dataclass(frozen=True)
 class Step:

@@ -24,7 +24,7 @@ from typing import Any
 
 from app.workflows.exceptions import InvalidWorkflow
 from app.workflows.inputs import DispatchInput
-from app.workflows.jobs import Definition, Job, RunDefaults, parse_definition
+from app.workflows.jobs import Definition, Job, parse_definition
 from app.workflows.loader import load_yaml
 from app.workflows.triggers import Triggers, event_map, parse_triggers
 
@@ -87,19 +87,8 @@ class Workflow(WorkflowFile):
         return parse_definition(self.document, default_name=self.path)
 
     @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def env(self) -> Mapping[str, str]:
-        return self.definition.env
-
-    @property
-    def defaults(self) -> RunDefaults:
-        return self.definition.defaults
-
-    @property
     def jobs(self) -> Mapping[str, Job]:
+        """The jobs (of `definition`), read on first use; raises WorkflowError."""
         return self.definition.jobs
 
 

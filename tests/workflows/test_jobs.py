@@ -59,7 +59,7 @@ def test_keeps_on_as_a_key_and_types_dispatch_inputs() -> None:
           a: {runs-on: ubuntu-latest, steps: [{run: echo, env: {N: 1, B: true, E: null}}]}
         """
     )
-    assert wf.name == "CI"
+    assert wf.definition.name == "CI"
     assert wf.inputs is not None
     assert {k: (v.type, v.default) for k, v in wf.inputs.items()} == {
         "debug": ("boolean", "false"),

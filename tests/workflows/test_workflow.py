@@ -97,6 +97,6 @@ def test_the_same_file_is_parsed_once_and_its_jobs_read_once():
 
 
 def test_names_a_workflow_after_its_path_unless_it_has_a_name():
-    assert parse_workflow(PATH, "on: push\n" + JOBS).name == PATH
-    assert parse_workflow(PATH, "name: CI\non: push\n" + JOBS).name == "CI"
+    assert parse_workflow(PATH, "on: push\n" + JOBS).definition.name == PATH
+    assert parse_workflow(PATH, "name: CI\non: push\n" + JOBS).definition.name == "CI"
     assert parse_workflow(PATH, "on: push\n" + JOBS).stem == "ci"
