@@ -11,6 +11,14 @@ from __future__ import annotations
 from app.xrpc.errors import InvalidRequest
 
 
+class WorkflowError(ValueError):
+    """Raised while reading jobs or planning them; the message names the offending key."""
+
+    @property
+    def problem(self) -> str:
+        return str(self)
+
+
 class InvalidWorkflow(InvalidRequest):
     """Raised while parsing a file the trigger must refuse; the message names the file."""
 
@@ -18,11 +26,3 @@ class InvalidWorkflow(InvalidRequest):
         super().__init__(f"workflow {path}: {problem}")
         self.path = path
         self.problem = problem
-
-
-class WorkflowError(ValueError):
-    """Raised while reading jobs or planning them; the message names the offending key."""
-
-    @property
-    def problem(self) -> str:
-        return str(self)
