@@ -46,7 +46,8 @@ from app.knot.client import KnotClient
 from app.knot.models import KnotCursor
 from app.repos import service as repo_service
 from app.runs import flows as run_flows
-from app.runs.schemas import COMMIT_RE, INPUT_NAME_RE, MAX_INPUT_NAME, MAX_INPUTS, MAX_INPUTS_BYTES
+from app.runs.schemas import COMMIT_RE, MAX_INPUTS, MAX_INPUTS_BYTES
+from app.workflows.inputs import INPUT_NAME_RE, MAX_INPUT_NAME
 from app.xrpc.errors import InvalidRequest, UpstreamFailure
 from app.xrpc.lexicon import FORMATS
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from app.workflows.workflow import Workflow
 
 INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+MAX_INPUT_NAME = 100
 INPUT_TYPES = ("boolean", "choice", "environment", "number", "string")
 _NUMBER_RE = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
 
@@ -80,7 +81,7 @@ def parse_inputs(path: str, inputs: Mapping[Any, Any]) -> dict[str, DispatchInpu
 
 def _declared(path: str, name: Any, spec: Any) -> DispatchInput:
     where = f"on.workflow_dispatch.inputs.{name}"
-    if not isinstance(name, str) or not INPUT_NAME_RE.fullmatch(name) or len(name) > 100:
+    if not isinstance(name, str) or not INPUT_NAME_RE.fullmatch(name) or len(name) > MAX_INPUT_NAME:
         raise InvalidWorkflow(path, f"{where}: an input name must match {INPUT_NAME_RE.pattern}")
     spec = {} if spec is None else spec
     if not isinstance(spec, dict):
