@@ -21,6 +21,7 @@ from tests.events.conftest import EventKnot, Spindle, eventually, make_event_kno
 from tests.support.knot import BRANCH
 from tests.support.knot_events import (
     REF_UPDATE,
+    Gate,
     manual_event,
     pull_request_event,
     push_event,
@@ -248,22 +249,39 @@ async def test_restart_in_the_middle_of_a_replay_resumes_at_the_last_event_handl
         await first.register(knot, git)
         await first.connected(knot)
     missed = [stream.emit(push_event(knot, git, event_knot.sha, workflows=["quick"])) for _ in range(20)]
-    event_knot.knot.latency = 0.2  # each event takes a while: the restart lands mid-replay
+    # The knot sends the first 5 of them, then holds the stream: the restart lands mid-replay by
+    # construction, however fast this machine handles events.
+    gate = stream.pause_after(5)
 
     async with make_spindle() as second:
-        await eventually(lambda: _at_least(second, 3), what="a few replayed events to be recorded")
+        await eventually(
+            lambda: _replay_held(second, knot, gate, handled=5),
+            what="the first 5 replayed events to be handled and the knot to hold the rest",
+        )
+        replay = stream.connections[-1]
+        assert await second.cursor(knot) == minted(missed[4])
     handled = [p.rkey for p in await second.pipelines()]
+    assert handled == missed[:5] == replay.sent
     assert 3 <= len(handled) < len(missed)
-    event_knot.knot.latency = 0
+    gate.open()  # the second connection is gone; the next one gets the rest at once
 
     async with make_spindle() as third:
         await eventually(lambda: _at_least(third, len(missed)), what="the rest of the replay")
-        resumed_from = stream.connections[-1].cursor
+        resumed = stream.connections[-1]
+        assert resumed is not replay
         assert [p.rkey for p in await third.pipelines()] == missed
-    # The resume point is the knot's own clock for the last event the second process handled (or
-    # the one before, when it stopped between recording that event and storing the cursor).
-    assert resumed_from is not None
-    assert minted(handled[-2]) <= resumed_from < minted(missed[len(handled)])
+        assert await third.count(WorkflowRun) == len(missed)  # none run twice
+    # The resume point is the knot's own clock for the last event the second process handled: it was
+    # idle at the gate when it stopped, with that event's cursor stored.
+    assert resumed.cursor == minted(handled[-1])
+    assert minted(handled[-2]) <= resumed.cursor < minted(missed[len(handled)])
+
+
+async def _replay_held(spindle: Spindle, knot: str, gate: Gate, *, handled: int) -> bool:
+    """The knot holds the replay and the consumer is done with the frames it got (`recorded` counts
+    an event once it is handled, its cursor stored)."""
+    link = spindle.link(knot)
+    return gate.held == 1 and link is not None and link.recorded >= handled
 
 
 async def _at_least(spindle: Spindle, n: int) -> bool:

@@ -6,6 +6,9 @@
     stream.drop()                                       # close every open connection (code 1012)
     stream.refuse = True                                # answer every handshake with HTTP 403
     stream.hang = True                                  # never answer a handshake (until reset)
+    gate = stream.pause_after(5)                        # 5 more frames in all, then hold every connection
+    gate.held                                           # connections waiting at it now
+    gate.open()                                         # let them (and every later one) carry on
     stream.connections                                  # every accepted connection: its cursor, what it got
     stream.close()                                      # end every connection; the fixture does it
 
@@ -15,6 +18,10 @@ first gets the stored events with created > N, oldest first, in batches of `batc
 live ones; without a cursor (or 0, or not a number) only the live ones. Frames are
 `{"rkey", "nsid", "event"}` with no cursor in them. Rkeys are TIDs minted as the event is stored, as
 the knot's `tid.TID()` is.
+
+A `Gate` makes "in the middle of a replay" a state rather than a moment: the knot sends exactly the
+frames it allows, and a connection at it waits (no frame, no close) until the test opens it or the
+client goes away.
 
 `BlackHoleKnot` listens on a loopback port and never accepts: the kernel completes TCP handshakes,
 nobody ever answers a byte, as a wedged knot does.
@@ -59,6 +66,52 @@ class Connection:
     queue: asyncio.Queue[Any]
     sent: list[str | None] = field(default_factory=list)
     open: bool = True
+    # Set when the client goes away or the knot drops the connection: a held sender gives up.
+    ending: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Gate:
+    """Lets `after` frames through (over every connection of the stream), then holds each connection
+    before its next frame until `open()`. Thread-safe: the knot serves on its own thread and loop."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self._passed = 0
+        self._opened = False
+        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        """How many connections are waiting at the gate now."""
+        with self._lock:
+            return len(self._waiting)
+
+    def open(self) -> None:
+        """Let every held connection carry on; from now on the gate holds nobody."""
+        with self._lock:
+            self._opened = True
+            waiting = list(self._waiting.values())
+        for loop, opened in waiting:
+            loop.call_soon_threadsafe(opened.set)
+
+    async def through(self, conn: Connection) -> bool:
+        """Wait until `conn` may send its next frame: True, or False when the connection is ending."""
+        opened = asyncio.Event()
+        with self._lock:
+            if self._opened or self._passed < self.after:
+                self._passed += 1
+                return True
+            self._waiting[id(opened)] = (asyncio.get_running_loop(), opened)
+        waits = [asyncio.ensure_future(opened.wait()), asyncio.ensure_future(conn.ending.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            with self._lock:
+                self._waiting.pop(id(opened), None)
+        return opened.is_set()
 
 
 class KnotEventStream:
@@ -70,6 +123,7 @@ class KnotEventStream:
         self.hang = False
         self.attempts = 0  # handshakes started, refused and hung ones included
         self.connections: list[Connection] = []
+        self.gate: Gate | None = None
         self._events: list[StoredEvent] = []
         self._lock = threading.Lock()
         self._last_created = 0
@@ -113,16 +167,24 @@ class KnotEventStream:
         with self._lock:
             return list(self._events)
 
+    def pause_after(self, frames: int) -> Gate:
+        """From now on send `frames` more frames in all, then hold every connection at the gate."""
+        self.gate = Gate(frames)
+        return self.gate
+
     def drop(self) -> None:
         """Close every open connection, as a knot restarting does."""
         with self._lock:
             targets = [c for c in self.connections if c.open]
         for conn in targets:
             conn.loop.call_soon_threadsafe(conn.queue.put_nowait, _DROP)
+            conn.loop.call_soon_threadsafe(conn.ending.set)
 
     def close(self) -> None:
         self._closed = True
         self.hang = False
+        if self.gate is not None:
+            self.gate.open()
         self.drop()
 
     @property
@@ -152,14 +214,12 @@ class KnotEventStream:
             reader = asyncio.create_task(self._until_disconnected(websocket, conn))
             for start in range(0, len(backlog), self.batch_size):
                 for stored in backlog[start : start + self.batch_size]:
-                    await websocket.send_text(stored.frame)
-                    conn.sent.append(stored.rkey)
+                    if not await self._send(websocket, conn, stored):
+                        return
             while True:
                 item = await conn.queue.get()
-                if item is _DROP:
+                if item is _DROP or not await self._send(websocket, conn, item):
                     break
-                await websocket.send_text(item.frame)
-                conn.sent.append(item.rkey)
         except Exception:  # the client went away (a handshake it gave up on, or mid-send)
             pass
         finally:
@@ -170,11 +230,21 @@ class KnotEventStream:
             with contextlib.suppress(Exception):
                 await websocket.close(code=1012)
 
+    async def _send(self, websocket: WebSocket, conn: Connection, stored: StoredEvent) -> bool:
+        """Send one frame once the gate (if any) lets it through; False when the connection ended first."""
+        gate = self.gate
+        if gate is not None and not await gate.through(conn):
+            return False
+        await websocket.send_text(stored.frame)
+        conn.sent.append(stored.rkey)
+        return True
+
     @staticmethod
     async def _until_disconnected(websocket: WebSocket, conn: Connection) -> None:
         with contextlib.suppress(Exception):
             while (await websocket.receive())["type"] != "websocket.disconnect":
                 pass
+        conn.ending.set()
         conn.queue.put_nowait(_DROP)
 
 
