@@ -1,38 +1,77 @@
-"""The long-lived parts of a running service, built once in the lifespan and shared by routes."""
+"""The long-lived parts of a running service: built once when the app's lifespan starts, shared
+by routes, and stopped in reverse order when it ends.
+
+    AppContext(settings)   builds them, connecting nothing yet
+    await ctx.start()      the pipeline writer, the scheduler, the knot event consumer
+    await ctx.close()      stops those, then closes clients and the database engine
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.auth.replay import SharedReplayLedger
+from app.auth.verifier import ServiceAuthVerifier
 from app.config import Settings
+from app.database import create_engine, create_sessionmaker, is_sqlite
+from app.engine.queue import Scheduler
+from app.identity.resolver import DidResolver
+from app.knot.client import KnotClient
+from app.knot.events import KnotEventConsumer
+from app.repos.service import RegistrationCache
+from app.runs.flows import RunFlows, RunStarter
+from app.runs.writer import PipelineWriter
 from app.streams.broker import Broker
 
-if TYPE_CHECKING:
-    from app.auth.verifier import ServiceAuthVerifier
-    from app.engine.queue import Scheduler
-    from app.identity.resolver import DidResolver
-    from app.knot.client import KnotClient
-    from app.knot.events import KnotEventConsumer
-    from app.repos.service import RegistrationCache
-    from app.runs.writer import PipelineWriter
 
-
-@dataclass
 class AppContext:
-    settings: Settings
-    engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
-    http: httpx.AsyncClient
-    broker: Broker
-    resolver: DidResolver
-    verifier: ServiceAuthVerifier
-    knot: KnotClient
-    scheduler: Scheduler
-    consumer: KnotEventConsumer
-    writer: PipelineWriter
-    registrations: RegistrationCache
-    extras: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = create_engine(settings.resolved_database_url)
+        self.sessionmaker = create_sessionmaker(self.engine)
+        # One client for identity lookups (the knot client has its own); redirects are not
+        # followed (a did:web host could otherwise bounce us to an address we refuse to fetch).
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=5.0),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        self.broker = Broker()
+        self.resolver = DidResolver(http=self.http, plc_url=settings.plc_url, dev=settings.dev)
+        # Processes sharing a server database also share the jti ledger; a SQLite file belongs
+        # to one `spindle serve`, whose in-memory guard already sees every token.
+        ledger = None if is_sqlite(settings.resolved_database_url) else SharedReplayLedger(engine=self.engine)
+        self.verifier = ServiceAuthVerifier(resolver=self.resolver, service_did=settings.did, ledger=ledger)
+        self.knot = KnotClient(dev=settings.dev, timeout=settings.knot_timeout)
+        self.scheduler = Scheduler(
+            settings=settings, sessionmaker=self.sessionmaker, broker=self.broker, knot=self.knot
+        )
+        self.writer = PipelineWriter(engine=self.engine)
+        self.registrations = RegistrationCache(sessionmaker=self.sessionmaker)
+        self.flows = RunFlows(
+            settings=settings,
+            sessionmaker=self.sessionmaker,
+            knot=self.knot,
+            registrations=self.registrations,
+            starter=RunStarter(writer=self.writer, broker=self.broker, scheduler=self.scheduler),
+        )
+        self.consumer = KnotEventConsumer(
+            settings=settings, sessionmaker=self.sessionmaker, knot=self.knot, flows=self.flows
+        )
+        self.extras: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        await self.writer.start()
+        await self.scheduler.start()
+        await self.consumer.start()
+
+    async def close(self) -> None:
+        await self.consumer.stop()
+        await self.writer.stop()
+        await self.registrations.close()
+        await self.scheduler.stop()
+        await self.knot.close()
+        await self.http.aclose()
+        await self.engine.dispose()

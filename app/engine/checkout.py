@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.engine.expressions import to_string
 from app.engine.sandbox import base_environment
+from app.workflows.expressions import to_string
+from app.workflows.uses import RepositoryAction, Uses
 
-ACTION_RE = re.compile(r"^actions/checkout(@.+)?$", re.IGNORECASE)
 SUPPORTED_INPUTS = {"path", "ref", "fetch-depth", "repository"}
 # Inputs that make no difference here (no token to persist, no LFS server, no submodule access).
 IGNORED_INPUTS = {"token", "ssh-key", "persist-credentials", "clean", "lfs", "submodules", "show-progress",
@@ -86,8 +86,13 @@ class CheckoutPlan:
     notes: list[str]
 
 
-def is_checkout(uses: str) -> bool:
-    return bool(ACTION_RE.match(uses.strip()))
+def is_checkout(uses: Uses) -> bool:
+    """`actions/checkout@<any ref>` from the default actions server."""
+    return (
+        isinstance(uses, RepositoryAction)
+        and uses.server is None
+        and (uses.owner.lower(), uses.repo.lower(), uses.path) == ("actions", "checkout", "")
+    )
 
 
 def checkout_env(home: Path) -> dict[str, str]:

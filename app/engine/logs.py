@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.background import BackgroundLoop
 from app.database import utcnow
 from app.runs.models import LogLine
-from app.runs.status import logs_topic
-from app.streams.broker import Broker
+from app.streams.broker import Broker, logs_topic
 
 log = logging.getLogger(__name__)
 
@@ -55,44 +56,30 @@ def line_payload(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(kw_only=True, eq=False)
 class LogSink:
     """Collects one run's lines; `start()` before the first line, `close()` flushes the rest."""
 
-    def __init__(
-        self,
-        *,
-        run_id: int,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        broker: Broker,
-        max_lines: int = MAX_LINES,
-        max_bytes: int = MAX_BYTES,
-        max_line_chars: int = MAX_LINE_CHARS,
-    ) -> None:
-        self.run_id = run_id
-        self.sessionmaker = sessionmaker
-        self.broker = broker
-        self.max_lines = max_lines
-        self.max_bytes = max_bytes
-        self.max_line_chars = max_line_chars
-        self.lines = 0
-        self.bytes = 0
-        self.dropped = 0
-        self.truncated = False
-        self._buffer: list[dict[str, Any]] = []
-        self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+    run_id: int
+    sessionmaker: async_sessionmaker[AsyncSession]
+    broker: Broker
+    max_lines: int = MAX_LINES
+    max_bytes: int = MAX_BYTES
+    max_line_chars: int = MAX_LINE_CHARS
+    lines: int = field(default=0, init=False)
+    bytes: int = field(default=0, init=False)
+    dropped: int = field(default=0, init=False)
+    truncated: bool = field(default=False, init=False)
+    _buffer: list[dict[str, Any]] = field(default_factory=list, init=False)
+    # Set when BATCH_LINES are buffered: the flusher writes them without waiting FLUSH_INTERVAL.
+    _flusher: BackgroundLoop = field(default_factory=BackgroundLoop, init=False)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._flusher(), name=f"logs-{self.run_id}")
+        self._flusher.start(self._flush_loop(), name=f"logs-{self.run_id}")
 
     async def close(self) -> None:
         """Write everything still buffered; after this the log is complete in the database."""
-        self._closing = True
-        self._full.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        await self._flusher.stop()
         await self.flush()
 
     def data(self, content: str, *, stream: str, step_id: int | None) -> None:
@@ -175,15 +162,15 @@ class LogSink:
             }
         )
         if len(self._buffer) >= BATCH_LINES:
-            self._full.set()
+            self._flusher.event.set()
 
-    async def _flusher(self) -> None:
-        while not self._closing:
+    async def _flush_loop(self) -> None:
+        while not self._flusher.stopping:
             try:
-                await asyncio.wait_for(self._full.wait(), FLUSH_INTERVAL)
+                await asyncio.wait_for(self._flusher.event.wait(), FLUSH_INTERVAL)
             except TimeoutError:
                 pass
-            self._full.clear()
+            self._flusher.event.clear()
             await self.flush()
 
     async def flush(self) -> None:

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Result, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.background import BackgroundLoop
 from app.config import Settings
 from app.database import utcnow
 from app.engine.base import Engine
@@ -94,9 +95,7 @@ class Scheduler:
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self.active: dict[int, _Active] = {}
-        self._wake = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._loop = BackgroundLoop()
         self._last_heartbeat = float("-inf")
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -106,16 +105,11 @@ class Scheduler:
         await self.engine.start()
         log.info("scheduler %s: steps run with %s", self.instance_id, self.engine.describe())
         await self._recover()
-        self._stopping = False
-        self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
+        self._loop.start(self._run(), name="scheduler")
 
     async def stop(self) -> None:
         """Stop claiming; kill the runs of this process (they end `failed`) and wait for them."""
-        self._stopping = True
-        self._wake.set()
-        if self._loop_task is not None:
-            await self._loop_task
-            self._loop_task = None
+        await self._loop.stop()
         for active in self.active.values():
             active.shutdown = True
             active.cancel.set()
@@ -125,7 +119,7 @@ class Scheduler:
 
     def wake(self) -> None:
         """Look for pending runs now (call after committing new runs)."""
-        self._wake.set()
+        self._loop.event.set()
 
     # -- cancel ----------------------------------------------------------------------------------
 
@@ -165,16 +159,16 @@ class Scheduler:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    async def _loop(self) -> None:
-        while not self._stopping:
+    async def _run(self) -> None:
+        while not self._loop.stopping:
             try:
                 await self._tick()
             except Exception:
                 # A database hiccup must not end the queue; the next tick tries again.
                 log.exception("scheduler tick failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            self._wake.clear()
+                await asyncio.wait_for(self._loop.event.wait(), self.poll_interval)
+            self._loop.event.clear()
 
     async def _tick(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -184,7 +178,7 @@ class Scheduler:
             self._last_heartbeat = now
             await self._heartbeat()
             await self._sweep_stale()
-        if not self._stopping:
+        if not self._loop.stopping:
             await self._claim()
 
     async def _poll_cancels(self) -> None:
@@ -261,7 +255,7 @@ class Scheduler:
                 )
             )
         for run_id in candidates:
-            if len(self.active) >= self.settings.max_jobs or self._stopping:
+            if len(self.active) >= self.settings.max_jobs or self._loop.stopping:
                 return
             spec = await self._try_claim(run_id)
             if spec is not None:
@@ -283,15 +277,8 @@ class Scheduler:
                 .values(status=Status.RUNNING, claimed_by=self.instance_id, heartbeat_at=now)
                 .execution_options(synchronize_session=False)
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                await session.rollback()
-                return None
-            run = await session.get(WorkflowRun, run_id, populate_existing=True)
-            assert run is not None
-            event = transition(session, run, Status.RUNNING)
-            await session.commit()
-            announce(self.broker, run, event)
-            return self._spec(run)
+            run = await self._commit_transition(session, claimed, run_id, Status.RUNNING)
+            return self._spec(run) if run is not None else None
 
     def _spec(self, run: WorkflowRun) -> RunSpec:
         pipeline = run.pipeline
@@ -345,7 +332,7 @@ class Scheduler:
             log.exception("could not record the end of run %d", spec.run_id)
         finally:
             self.active.pop(spec.run_id, None)
-            self._wake.set()  # a slot is free
+            self._loop.event.set()  # a slot is free
 
     async def _record_end(self, run_id: int, outcome: RunOutcome) -> None:
         """`_finish`, retried while the database is away: a run of ours left `running` would stay so
@@ -356,7 +343,7 @@ class Scheduler:
                 await self._finish(run_id, outcome, owner=self.instance_id)
                 return
             except Exception as exc:
-                if self._stopping:
+                if self._loop.stopping:
                     raise  # the next start fails it with RESTART_ERROR
                 log.warning("could not record the end of run %d (%r); retrying in %g s", run_id, exc, delay)
             await asyncio.sleep(delay)
@@ -382,12 +369,29 @@ class Scheduler:
                 .values(status=outcome.status)
                 .execution_options(synchronize_session=False)
             )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
-                await session.rollback()
-                return False
-            run = await session.get(WorkflowRun, run_id, populate_existing=True)
-            assert run is not None
-            event = transition(session, run, outcome.status, error=outcome.error, exit_code=outcome.exit_code)
-            await session.commit()
-            announce(self.broker, run, event)
-            return True
+            run = await self._commit_transition(
+                session, done, run_id, outcome.status, error=outcome.error, exit_code=outcome.exit_code
+            )
+            return run is not None
+
+    async def _commit_transition(
+        self,
+        session: AsyncSession,
+        changed: Result[Any],
+        run_id: int,
+        status: Status,
+        *,
+        error: str | None = None,
+        exit_code: int | None = None,
+    ) -> WorkflowRun | None:
+        """After a conditional UPDATE that moved the run to `status`: append its event, commit and
+        announce it; None (rolled back) when the UPDATE matched nothing, another process was first."""
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            await session.rollback()
+            return None
+        run = await session.get(WorkflowRun, run_id, populate_existing=True)
+        assert run is not None
+        event = transition(session, run, status, error=error, exit_code=exit_code)
+        await session.commit()
+        announce(self.broker, run, event)
+        return run

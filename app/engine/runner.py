@@ -27,7 +27,11 @@ from app.config import Settings
 from app.engine import checkout
 from app.engine.base import Engine, EngineUnavailable, ExecRequest, Workspace
 from app.engine.context import RunSpec, github_context, runner_context, standard_env
-from app.engine.expressions import (
+from app.engine.logs import LogSink
+from app.engine.sandbox import base_environment
+from app.runs.models import Status
+from app.workflows.exceptions import InvalidWorkflow, WorkflowError
+from app.workflows.expressions import (
     Evaluation,
     ExpressionError,
     evaluate_condition,
@@ -37,11 +41,10 @@ from app.engine.expressions import (
     to_string,
     truthy,
 )
-from app.engine.logs import LogSink
-from app.engine.planner import expand_matrix, instance_name, job_order
-from app.engine.sandbox import base_environment
-from app.engine.workflow import Job, Step, Workflow, WorkflowError, parse_workflow
-from app.runs.models import Status
+from app.workflows.inputs import inputs_context
+from app.workflows.jobs import Job, RunDefaults, Step
+from app.workflows.planner import expand_matrix, instance_name, job_order
+from app.workflows.workflow import Workflow, parse_workflow
 
 MAX_FILE_COMMAND_BYTES = 1024 * 1024  # GitHub's limit for a step's outputs
 ACCEPTED_RUNNERS = re.compile(r"^(ubuntu(-.*)?|self-hosted|linux|x64|arm64)$", re.IGNORECASE)
@@ -217,13 +220,13 @@ class WorkflowRunner:
             return RunOutcome(Status.FAILED, str(exc))
         self.logs.notice(f"steps run with {self.engine.describe()}")
         try:
-            workflow = parse_workflow(spec.source, path=spec.path, default_name=spec.path)
+            workflow = parse_workflow(spec.path, spec.source)
             order = job_order(workflow.jobs)
-        except WorkflowError as exc:
-            error = f"invalid workflow {spec.path}: {exc}"
+        except (InvalidWorkflow, WorkflowError) as exc:
+            error = f"invalid workflow {spec.path}: {exc.problem}"
             self.logs.notice(error)
             return RunOutcome(Status.FAILED, error)
-        for key in workflow.ignored:
+        for key in workflow.definition.ignored:
             self.logs.notice(f"the workflow key {key!r} is not supported by this spindle and is ignored")
         results: dict[str, JobResult] = {}
         first_failure: Failure | None = None
@@ -259,28 +262,15 @@ class WorkflowRunner:
                 stack.extend(workflow.jobs[current].needs)
         return seen
 
-    def _inputs_context(self, spec: RunSpec, workflow: Workflow) -> dict[str, Any]:
-        """`inputs`: strings, except declared boolean and number inputs, which GitHub types."""
-        inputs: dict[str, Any] = {}
-        for name, declared in workflow.inputs.items():
-            if declared.default is not None:
-                inputs[name] = declared.default
-        inputs.update(spec.inputs)
-        for name, declared in workflow.inputs.items():
-            value = inputs.get(name)
-            if isinstance(value, str) and declared.type == "boolean":
-                inputs[name] = value.strip().lower() == "true"
-            elif isinstance(value, str) and declared.type == "number" and value.strip():
-                inputs[name] = to_number(value)
-        return inputs
-
     async def _run_job(
         self, spec: RunSpec, workflow: Workflow, job: Job, results: dict[str, JobResult]
     ) -> JobResult:
         needs = {n: {"result": results[n].result, "outputs": results[n].outputs} for n in job.needs}
         base: dict[str, Any] = {
-            "github": github_context(spec, workflow_name=workflow.name, job_id=job.id, workspace=None),
-            "inputs": self._inputs_context(spec, workflow),
+            "github": github_context(
+                spec, workflow_name=workflow.definition.name, job_id=job.id, workspace=None
+            ),
+            "inputs": inputs_context(workflow.inputs, spec.inputs),
             "needs": needs,
             "vars": {},
             "secrets": {},
@@ -298,7 +288,8 @@ class WorkflowRunner:
             return JobResult("skipped")
         if job.uses is not None:
             return self._job_failure(
-                f"job '{job.id}' calls the reusable workflow {job.uses!r}, which this spindle does not run"
+                f"job '{job.id}' calls the reusable workflow {str(job.uses)!r}, "
+                "which this spindle does not run"
             )
         combinations: list[dict[str, Any]] = [{}]
         fail_fast = True
@@ -353,17 +344,13 @@ class WorkflowRunner:
         return JobResult("failure", failure=Failure(Status.FAILED, error))
 
     def _log_unsupported(self, job: Job, evaluation: Evaluation, name: str) -> None:
-        try:
-            runs_on = evaluate_value(job.runs_on, evaluation)
-        except ExpressionError:
-            runs_on = job.runs_on
-        labels = (
-            runs_on
-            if isinstance(runs_on, list)
-            else runs_on.get("labels", [])
-            if isinstance(runs_on, dict)
-            else [runs_on]
-        )
+        labels: list[Any] = []
+        for label in job.runs_on.labels if job.runs_on is not None else ():
+            try:
+                value = evaluate_value(label, evaluation)
+            except ExpressionError:
+                value = label
+            labels.extend(value if isinstance(value, list) else [value])
         odd = [
             to_string(label)
             for label in labels
@@ -376,7 +363,7 @@ class WorkflowRunner:
             )
         if job.container is not None:
             self.logs.notice(f"{name}: container: is not supported; steps run on the host")
-        if job.services is not None:
+        if job.services:
             self.logs.notice(f"{name}: services: are not supported; no service containers are started")
 
     async def _run_instance(
@@ -392,7 +379,9 @@ class WorkflowRunner:
         workspace = await self.engine.create_workspace(
             run_id=spec.run_id, job_key=f"{self.instance_counter:03d}-{job.id}"
         )
-        github = github_context(spec, workflow_name=workflow.name, job_id=job.id, workspace=workspace)
+        github = github_context(
+            spec, workflow_name=workflow.definition.name, job_id=job.id, workspace=workspace
+        )
         ctx: dict[str, Any] = {
             **base,
             "github": github,
@@ -414,7 +403,7 @@ class WorkflowRunner:
         self.logs.notice(f"job {name}")
         self._log_unsupported(job, evaluation, name)
         try:
-            workflow_env = {k: interpolate(v, evaluation) for k, v in workflow.env.items()}
+            workflow_env = {k: interpolate(v, evaluation) for k, v in workflow.definition.env.items()}
             ctx["env"] = dict(workflow_env)
             job_env = {k: interpolate(v, Evaluation(ctx)) for k, v in job.env.items()}
             ctx["env"] = {**workflow_env, **job_env}
@@ -435,6 +424,7 @@ class WorkflowRunner:
             deadline=asyncio.get_running_loop().time() + minutes * 60,
             minutes=minutes,
             status=_JobStatus(self.cancel),
+            defaults=job.defaults.over(workflow.definition.defaults),
         )
         for step in job.steps:
             if self.cancel.is_set():
@@ -443,7 +433,7 @@ class WorkflowRunner:
             ctx["steps"] = state.steps
             ctx["job"] = {"status": "failure" if state.status.failed else "success"}
             ctx["env"] = {**state.env, **state.github_env}
-            outcome = await self._step(spec, workflow, job, step, ctx, state)
+            outcome = await self._step(spec, step, ctx, state)
             if outcome is None:
                 continue
             if outcome.outcome == "cancelled":
@@ -471,13 +461,7 @@ class WorkflowRunner:
     # -- steps -----------------------------------------------------------------------------------
 
     async def _step(
-        self,
-        spec: RunSpec,
-        workflow: Workflow,
-        job: Job,
-        step: Step,
-        ctx: dict[str, Any],
-        state: _InstanceState,
+        self, spec: RunSpec, step: Step, ctx: dict[str, Any], state: _InstanceState
     ) -> StepOutcome | None:
         """Decide whether `step` runs, run it, record its outcome; None when it was skipped."""
         evaluation = Evaluation(ctx, state.status)
@@ -510,9 +494,7 @@ class WorkflowRunner:
             self.logs.notice(outcome.error or "")
             self._record(step, outcome, False, state)
             return outcome
-        outcome = await self._execute_step(
-            spec, workflow, job, step, evaluation, state, display, where, remaining
-        )
+        outcome = await self._execute_step(spec, step, evaluation, state, display, where, remaining)
         try:
             allowed = truthy(evaluate_value(step.continue_on_error, evaluation))
         except ExpressionError as exc:
@@ -540,8 +522,6 @@ class WorkflowRunner:
     async def _execute_step(
         self,
         spec: RunSpec,
-        workflow: Workflow,
-        job: Job,
         step: Step,
         evaluation: Evaluation,
         state: _InstanceState,
@@ -563,9 +543,7 @@ class WorkflowRunner:
         command_text = step.run if step.run is not None else f"uses: {step.uses}"
         self.logs.control(display, step_id=step_id, step_status="start", step_command=command_text)
         try:
-            requests, step_limit = self._prepare(
-                spec, workflow, job, step, evaluation, state, files, remaining
-            )
+            requests, step_limit = self._prepare(spec, step, evaluation, state, files, remaining)
         except (StepError, ExpressionError, checkout.CheckoutError) as exc:
             self.logs.data(f"Error: {exc}", stream="stderr", step_id=step_id)
             self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)
@@ -622,8 +600,6 @@ class WorkflowRunner:
     def _prepare(
         self,
         spec: RunSpec,
-        workflow: Workflow,
-        job: Job,
         step: Step,
         evaluation: Evaluation,
         state: _InstanceState,
@@ -654,7 +630,7 @@ class WorkflowRunner:
         if step.uses is not None:
             if not checkout.is_checkout(step.uses):
                 raise StepError(
-                    f"the action {step.uses!r} is not supported by this spindle: only actions/checkout "
+                    f"the action {str(step.uses)!r} is not supported by this spindle: only actions/checkout "
                     "runs here (use a run: step instead)"
                 )
             with_ = {k: evaluate_value(v, step_evaluation) for k, v in step.with_.items()}
@@ -676,15 +652,13 @@ class WorkflowRunner:
 
         assert step.run is not None
         script = interpolate(step.run, step_evaluation)
-        shell = step.shell or job.defaults.shell or workflow.defaults.shell
+        shell = step.shell or state.defaults.shell
         if shell is not None:
             shell = interpolate(shell, step_evaluation)
         template, extension = shell_command(shell, path=env["PATH"])
         script_path = workspace.temp / f"{uuid.uuid4()}{extension}"
         script_path.write_text(script, encoding="utf-8")
-        directory = (
-            step.working_directory or job.defaults.working_directory or workflow.defaults.working_directory
-        )
+        directory = step.working_directory or state.defaults.working_directory
         cwd = workspace.workspace
         if directory:
             directory = interpolate(directory, step_evaluation)
@@ -726,6 +700,7 @@ class _InstanceState:
     deadline: float
     minutes: float
     status: _JobStatus
+    defaults: RunDefaults  # the job's `defaults.run`, else the workflow's
     github_env: dict[str, str] = field(default_factory=dict)
     path_entries: list[str] = field(default_factory=list)
     steps: dict[str, Any] = field(default_factory=dict)

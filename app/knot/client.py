@@ -35,7 +35,7 @@ from typing import Any, Literal
 import aiohttp
 
 from app.runs.schemas import COMMIT_RE
-from app.workflows.parser import WORKFLOWS_DIR, is_workflow_filename, workflow_stem
+from app.workflows.workflow import WORKFLOWS_DIR, WorkflowFile, is_workflow_filename, workflow_stem
 from app.xrpc.errors import InvalidRequest, UpstreamFailure
 
 TREE_NSID = "sh.tangled.repo.tree"
@@ -54,22 +54,6 @@ READ_CHUNK = 64 * 1024
 RepoForm = Literal["did", "did/name"]
 # git modes of regular files, as go-git writes them (0100644) or as ls-tree does (100644).
 _FILE_MODES = {"0100644", "0100755", "100644", "100755"}
-
-
-@dataclass(frozen=True)
-class WorkflowFile:
-    """One `.github/workflows/*.yml|yaml` file at a commit."""
-
-    path: str
-    source: str
-
-    @property
-    def filename(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    @property
-    def stem(self) -> str:
-        return workflow_stem(self.filename)
 
 
 class _RepoNotFound(Exception):

@@ -5,7 +5,8 @@
                    (`spindle repo add` / `repo remove` in another process start and stop them)
       per knot     ws(s)://<knot>/events?cursor=<stored - margin>; frames handled in order, one at
                    a time; reconnect with jittered exponential backoff, forever
-      handle_frame {"rkey", "nsid", "event"}: `sh.tangled.pipeline` only → checks → dispatch.py
+      handle_frame {"rkey", "nsid", "event"}: `sh.tangled.pipeline` only → checks →
+                   app.runs.flows.knot_pipeline
 
 A knot replays the events whose `created` (its clock, unix ns) is after `?cursor=`, then sends live
 ones; frames carry no `created`, so the cursor is our estimate of it, stored after each frame is
@@ -41,14 +42,12 @@ from websockets.frames import CloseCode
 
 from app.config import Settings
 from app.database import utcnow
-from app.engine.queue import Scheduler
-from app.knot import dispatch as knot_dispatch
 from app.knot.client import KnotClient
 from app.knot.models import KnotCursor
 from app.repos import service as repo_service
-from app.runs.schemas import COMMIT_RE, INPUT_NAME_RE, MAX_INPUT_NAME, MAX_INPUTS, MAX_INPUTS_BYTES
-from app.runs.writer import PipelineWriter
-from app.streams.broker import Broker
+from app.runs import flows as run_flows
+from app.runs.schemas import COMMIT_RE, MAX_INPUTS, MAX_INPUTS_BYTES
+from app.workflows.inputs import INPUT_NAME_RE, MAX_INPUT_NAME
 from app.xrpc.errors import InvalidRequest, UpstreamFailure
 from app.xrpc.lexicon import FORMATS
 
@@ -157,7 +156,7 @@ class SilentKnot(TimeoutError):
     """The knot did not complete the `/events` handshake within the knot timeout."""
 
 
-def parse_pipeline_event(*, knot: str, rkey: str, event: Any) -> knot_dispatch.DispatchedPipeline:
+def parse_pipeline_event(*, knot: str, rkey: str, event: Any) -> run_flows.DispatchedPipeline:
     """Check one pipeline event that `knot` sent; SkipEvent says why it does not run here."""
     try:
         record = PipelineRecord.model_validate(event)
@@ -189,7 +188,7 @@ def parse_pipeline_event(*, knot: str, rkey: str, event: Any) -> knot_dispatch.D
             raise SkipEvent(f"manual inputs are larger than {MAX_INPUTS_BYTES // 1024} KiB in total")
     if not record.workflows:
         raise SkipEvent("it names no workflow")
-    return knot_dispatch.DispatchedPipeline(
+    return run_flows.DispatchedPipeline(
         knot=knot,
         rkey=rkey,
         repo_did=meta.repo.did,
@@ -231,9 +230,7 @@ class KnotEventConsumer:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         knot: KnotClient,
-        scheduler: Scheduler,
-        broker: Broker,
-        writer: PipelineWriter,
+        flows: run_flows.RunFlows,
         refresh_seconds: float | None = None,
         backoff_start: float | None = None,
         backoff_max: float | None = None,
@@ -241,9 +238,7 @@ class KnotEventConsumer:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.knot = knot
-        self.scheduler = scheduler
-        self.broker = broker
-        self.writer = writer
+        self.flows = flows
         # Read at construction, not import, so that tests can shorten the module's defaults.
         self.refresh_seconds = REFRESH_SECONDS if refresh_seconds is None else refresh_seconds
         self.backoff_start = BACKOFF_START if backoff_start is None else backoff_start
@@ -429,14 +424,7 @@ class KnotEventConsumer:
         attempt = 1
         while True:
             try:
-                result = await knot_dispatch.record_dispatched(
-                    sessionmaker=self.sessionmaker,
-                    knot_client=self.knot,
-                    writer=self.writer,
-                    broker=self.broker,
-                    scheduler=self.scheduler,
-                    dispatch=dispatch,
-                )
+                result = await self.flows.knot_pipeline(dispatch)
                 break
             except InvalidRequest as exc:
                 raise SkipEvent(exc.message) from None

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from app.auth.deps import authenticate
 from app.context import AppContext
-from app.runs import schemas, service
+from app.runs import schemas
 from app.xrpc.body import read_json_object
 
 
@@ -26,17 +26,7 @@ async def trigger(request: Request) -> JSONResponse:
     ctx: AppContext = request.app.state.ctx
     body = await read_json_object(request, max_bytes=schemas.MAX_BODY_BYTES)
     req = schemas.parse_trigger_input(body)
-    out = await service.trigger(
-        sessionmaker=ctx.sessionmaker,
-        writer=ctx.writer,
-        registrations=ctx.registrations,
-        knot=ctx.knot,
-        settings=ctx.settings,
-        broker=ctx.broker,
-        scheduler=ctx.scheduler,
-        actor=actor,
-        req=req,
-    )
+    out = await ctx.flows.trigger(actor=actor, req=req)
     return JSONResponse(out)
 
 

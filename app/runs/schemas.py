@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from app.config import is_valid_host
 from app.repos.service import is_valid_repo_name
+from app.workflows.inputs import INPUT_NAME_RE, MAX_INPUT_NAME
 from app.xrpc.errors import InvalidRequest
 from app.xrpc.lexicon import lexicons
 
@@ -19,12 +20,10 @@ TRIGGER_NSID = "com.publicdomainrelay.temp.tangled.spindle.trigger"
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_INPUTS = 25
-MAX_INPUT_NAME = 100
 MAX_INPUTS_BYTES = 16 * 1024
 
 COMMIT_RE = re.compile(r"^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})\Z")
 RKEY_RE = re.compile(r"^[A-Za-z0-9.\-_:~]{1,512}\Z")
-INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 # The digest's canonical JSON (built once: json.dumps with options builds an encoder per call).

@@ -1,10 +1,7 @@
-"""Pipelines: the manual trigger, and recording a pipeline with its workflow runs exactly once.
+"""Pipelines: finding one, the answers the trigger gives, and the plan of a pipeline's runs.
 
-The trigger's warm path (the repo's registration read in the last second, the workflow files at
-the commit cached) reads nothing from the database: the pipeline goes to the group-committing
-PipelineWriter (writer.py), and a record key already taken comes back from it as a conflict.
-Otherwise one query reads the registration and any pipeline under the record key first, so that a
-retry is answered without contacting the knot.
+Starting runs is app.runs.flows' business; this module is what those flows (and the streams)
+ask about pipelines.
 """
 
 from __future__ import annotations
@@ -12,31 +9,21 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.knot.client import KnotClient, WorkflowFile
-from app.repos import service as repos_service
 from app.repos.models import Repo
-from app.repos.service import RegistrationCache, Rights
+from app.repos.service import RegistrationCache
 from app.runs import schemas
-from app.runs.models import Pipeline, Status
+from app.runs.models import Pipeline
 from app.runs.schemas import TriggerInput, WorkflowResult
-from app.runs.status import EVENTS_TOPIC, payload, publish, status_topic
-from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun, StoredPipeline
-from app.streams.broker import Broker
+from app.runs.writer import PlannedRun, StoredPipeline
 from app.workflows.inputs import resolve_inputs
-from app.workflows.parser import Workflow, parse_workflow
-from app.xrpc.errors import Forbidden, InvalidRequest
-
-if TYPE_CHECKING:
-    from app.engine.queue import Scheduler
-
-__all__ = ["PlannedRun", "announce_stored", "find_pipeline", "plan_runs", "trigger", "workflow_result"]
+from app.workflows.workflow import Workflow, WorkflowFile, parse_workflow
+from app.xrpc.errors import InvalidRequest
 
 MAX_STEM_CHARS = 255
 PLAN_CACHE_SIZE = 256
@@ -74,7 +61,7 @@ def workflow_result(*, settings: Settings, knot: str, rkey: str, workflow: str) 
     return WorkflowResult(**urls)
 
 
-def _output(*, settings: Settings, stored: StoredPipeline) -> schemas.TriggerOutput:
+def trigger_output(*, settings: Settings, stored: StoredPipeline) -> schemas.TriggerOutput:
     return {
         "submitted": True,
         "knot": stored.knot,
@@ -97,14 +84,16 @@ def _stored(pipeline: Pipeline) -> StoredPipeline:
     )
 
 
-def _replay(*, settings: Settings, stored: StoredPipeline, digest: str) -> schemas.TriggerOutput:
+def replay(*, settings: Settings, stored: Pipeline | StoredPipeline, digest: str) -> schemas.TriggerOutput:
     """A retry of the same trigger gets the stored answer; a different one reusing the rkey, 400."""
+    if isinstance(stored, Pipeline):
+        stored = _stored(stored)
     if stored.request_digest != digest:
         raise InvalidRequest(
             f"pipelineRkey {stored.rkey} was already used on knot {stored.knot} "
             "for a different trigger: use a new record key"
         )
-    return _output(settings=settings, stored=stored)
+    return trigger_output(settings=settings, stored=stored)
 
 
 def plan_runs(*, files: Sequence[WorkflowFile], inputs: dict[str, str]) -> list[PlannedRun]:
@@ -134,7 +123,7 @@ def _plan(files: tuple[WorkflowFile, ...], items: tuple[tuple[str, str], ...]) -
     )
 
 
-async def _registration(
+async def registration(
     *, sessionmaker: async_sessionmaker[AsyncSession], registrations: RegistrationCache, req: TriggerInput
 ) -> tuple[Repo | None, Pipeline | None]:
     """The registration of the request's repo, and the pipeline already under its rkey, if any."""
@@ -156,101 +145,3 @@ async def _registration(
         if existing is not None:
             pipeline = await find_pipeline(session=session, knot=req.knot, rkey=req.pipeline_rkey)
     return repo, pipeline
-
-
-async def trigger(
-    *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    writer: PipelineWriter,
-    registrations: RegistrationCache,
-    knot: KnotClient,
-    settings: Settings,
-    broker: Broker,
-    scheduler: Scheduler,
-    actor: str,
-    req: TriggerInput,
-) -> schemas.TriggerOutput:
-    """Authorize, read the workflows at the commit, record the pipeline once and wake the engine."""
-    if actor != req.actor:
-        raise Forbidden(f"the token was issued by {actor}, but the trigger's actor is {req.actor}")
-    rights = registrations.get(knot=req.knot, did=req.repo_did, name=req.repo_name)
-    files: Sequence[WorkflowFile] | None = knot.cached_workflow_files(
-        knot=req.knot, repo_did=req.repo_did, repo_name=req.repo_name, sha=req.ref
-    )
-    digest = req.digest()
-    existing: Pipeline | None = None
-    registration: Rights | Repo | None = rights
-    if rights is None or files is None:
-        # Not warm: one read for the registration and a pipeline already under the rkey. (Warm,
-        # nothing is read at all; a reused rkey shows up as a conflict when recording.)
-        registration, existing = await _registration(
-            sessionmaker=sessionmaker, registrations=registrations, req=req
-        )
-    repos_service.check_rights(
-        registration,
-        spindle_owner=settings.owner,
-        actor=actor,
-        knot=req.knot,
-        did=req.repo_did,
-        name=req.repo_name,
-    )
-    if existing is not None:
-        return _replay(settings=settings, stored=_stored(existing), digest=digest)
-    if files is None:
-        files = await knot.workflow_files(
-            knot=req.knot, repo_did=req.repo_did, repo_name=req.repo_name, sha=req.ref
-        )
-    try:
-        runs = plan_runs(files=files, inputs=req.inputs)
-    except InvalidRequest:
-        # A reused record key is reported as such, whatever this request's inputs are worth.
-        async with sessionmaker() as session:
-            existing = await find_pipeline(session=session, knot=req.knot, rkey=req.pipeline_rkey)
-        if existing is not None:
-            return _replay(settings=settings, stored=_stored(existing), digest=digest)
-        raise
-    stored = await writer.record(
-        NewPipeline(
-            knot=req.knot,
-            rkey=req.pipeline_rkey,
-            repo_did=req.repo_did,
-            repo_name=req.repo_name,
-            sha=req.ref,
-            actor=actor,
-            trigger_kind="manual",
-            trigger={"inputs": req.inputs},
-            request_digest=digest,
-            runs=runs,
-        )
-    )
-    if not stored.created:
-        return _replay(settings=settings, stored=stored, digest=digest)
-    announce_stored(broker=broker, stored=stored)
-    scheduler.wake()
-    return _output(settings=settings, stored=stored)
-
-
-def announce_stored(*, broker: Broker, stored: StoredPipeline) -> None:
-    """Tell this process's watchers about the committed `pending` events of a new pipeline."""
-    assert stored.created_at is not None
-    # Most triggers have nobody watching yet: no payload is built for nobody.
-    if not broker.subscriber_count(EVENTS_TOPIC) and not any(
-        broker.subscriber_count(status_topic(event.run_id)) for event in stored.events
-    ):
-        return
-    for event in stored.events:
-        publish(
-            broker,
-            event.run_id,
-            payload(
-                event_id=event.event_id,
-                run_id=event.run_id,
-                knot=stored.knot,
-                rkey=stored.rkey,
-                workflow=event.workflow,
-                status=Status.PENDING,
-                error=None,
-                exit_code=None,
-                created_at=stored.created_at,
-            ),
-        )

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import utcnow
 from app.runs.models import Status, StatusEvent, WorkflowRun, pipeline_uri
-from app.streams.broker import Broker
-
-EVENTS_TOPIC = "events"
-
-
-def status_topic(run_id: int) -> tuple[str, int]:
-    return ("status", run_id)
-
-
-def logs_topic(run_id: int) -> tuple[str, int]:
-    return ("logs", run_id)
+from app.runs.writer import StoredPipeline
+from app.streams.broker import EVENTS_TOPIC, Broker, status_topic
 
 
 def transition(
@@ -46,40 +37,47 @@ def transition(
     return event
 
 
+class PipelineKey(Protocol):
+    """What names a pipeline: a stored row, or the writer's answer for a new one."""
+
+    @property
+    def knot(self) -> str: ...
+    @property
+    def rkey(self) -> str: ...
+
+
 def event_payload(run: WorkflowRun, event: StatusEvent) -> dict[str, Any]:
     """What status watchers receive: the run's identity and the transition."""
     return payload(
+        run.pipeline,
+        run.id,
+        run.name,
         event_id=event.id,
-        run_id=run.id,
-        knot=run.pipeline.knot,
-        rkey=run.pipeline.rkey,
-        workflow=run.name,
         status=event.status,
+        created_at=event.created_at,
         error=event.error,
         exit_code=event.exit_code,
-        created_at=event.created_at,
     )
 
 
 def payload(
+    pipeline: PipelineKey,
+    run_id: int,
+    workflow: str,
     *,
     event_id: int,
-    run_id: int,
-    knot: str,
-    rkey: str,
-    workflow: str,
     status: Status,
-    error: str | None,
-    exit_code: int | None,
     created_at: datetime,
+    error: str | None = None,
+    exit_code: int | None = None,
 ) -> dict[str, Any]:
-    """The watchers' payload from plain values (for writers that hold no ORM objects)."""
+    """The watchers' payload of one transition of the run `run_id` (the workflow `workflow`)."""
     return {
         "id": event_id,
         "workflowRunId": run_id,
-        "knot": knot,
-        "pipelineRkey": rkey,
-        "pipeline": pipeline_uri(knot, rkey),
+        "knot": pipeline.knot,
+        "pipelineRkey": pipeline.rkey,
+        "pipeline": pipeline_uri(pipeline.knot, pipeline.rkey),
         "workflow": workflow,
         "status": status.value,
         "error": error,
@@ -97,3 +95,24 @@ def publish(broker: Broker, run_id: int, item: dict[str, Any]) -> None:
     """Hand a committed transition's payload to the run's and the /events watchers."""
     broker.publish(status_topic(run_id), item)
     broker.publish(EVENTS_TOPIC, item)
+
+
+def announce_pipeline(broker: Broker, stored: StoredPipeline) -> None:
+    """Tell this process's watchers about the committed `pending` events of a new pipeline."""
+    created_at = stored.created_at
+    assert created_at is not None
+    # Most triggers have nobody watching yet: no payload is built for nobody.
+    if not broker.subscriber_count(EVENTS_TOPIC) and not any(
+        broker.subscriber_count(status_topic(event.run_id)) for event in stored.events
+    ):
+        return
+    for event in stored.events:
+        item = payload(
+            stored,
+            event.run_id,
+            event.workflow,
+            event_id=event.event_id,
+            status=Status.PENDING,
+            created_at=created_at,
+        )
+        publish(broker, event.run_id, item)

@@ -46,6 +46,7 @@ from sqlalchemy import Connection, Dialect, Table, select, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.background import BackgroundLoop
 from app.database import utcnow
 from app.runs.models import Pipeline, Status, StatusEvent, WorkflowRun
 from app.xrpc.errors import ServiceUnavailable
@@ -172,28 +173,21 @@ class PipelineWriter:
         self._sqlite: _SqliteStatements | None = None
         self._conn: AsyncConnection | None = None
         self._queue: deque[_Waiter] = deque()
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop()
         self._checkpoints: asyncio.Task[None] | None = None
         self._dirty = False
         self._resumed = asyncio.Event()  # cleared while a RESTART checkpoint runs
         self._resumed.set()
-        self._stopping = False
         self.batches = 0  # transactions committed, for tests and benchmarks
 
     async def start(self) -> None:
-        self._stopping = False
         if self._sqlite_path is not None:
             self._checkpoints = asyncio.create_task(self._checkpoint_loop(), name="pipeline-checkpoints")
-        self._task = asyncio.create_task(self._run(), name="pipeline-writer")
+        self._loop.start(self._run(), name="pipeline-writer")
 
     async def stop(self) -> None:
         """Commit what is queued, then close the writer's connection."""
-        self._stopping = True
-        self._ready.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        await self._loop.stop()
         if self._checkpoints is not None:
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -203,20 +197,20 @@ class PipelineWriter:
 
     async def record(self, new: NewPipeline) -> StoredPipeline:
         """Queue `new` for the next batch and wait until it is committed (or found already stored)."""
-        if self._task is None or self._task.done() or self._stopping:
+        if not self._loop.running:
             raise ServiceUnavailable("the service is shutting down; try again shortly")
         future: asyncio.Future[StoredPipeline] = asyncio.get_running_loop().create_future()
         self._queue.append((new, future))
-        self._ready.set()
+        self._loop.event.set()
         return await future
 
     async def _run(self) -> None:
         while True:
             if not self._queue:
-                if self._stopping:
+                if self._loop.stopping:
                     return
-                self._ready.clear()
-                await self._ready.wait()
+                self._loop.event.clear()
+                await self._loop.event.wait()
                 continue
             if not self._resumed.is_set():
                 await self._resumed.wait()  # a RESTART checkpoint is copying the WAL

@@ -5,6 +5,11 @@ item can always find it in the database too. `publish` never blocks and costs on
 `put_nowait` per subscriber: a subscriber that falls behind (its queue is full) is dropped
 rather than slowing the run down; it notices (`overflowed`) and catches up from the
 database, which is also how watchers in another process see progress (see feeds.py).
+
+Topics, one place for every publisher and subscriber to name them:
+    status_topic(run_id)   a run's committed status transitions
+    logs_topic(run_id)     a run's log lines, in batches
+    EVENTS_TOPIC           every run's status transitions (the /events stream)
 """
 
 from __future__ import annotations
@@ -15,6 +20,16 @@ from typing import Any
 
 # Items per subscriber, not lines: the engine publishes a batch of log lines as one item.
 QUEUE_SIZE = 1_000
+
+EVENTS_TOPIC = "events"
+
+
+def status_topic(run_id: int) -> tuple[str, int]:
+    return ("status", run_id)
+
+
+def logs_topic(run_id: int) -> tuple[str, int]:
+    return ("logs", run_id)
 
 
 class Subscription:

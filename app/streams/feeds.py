@@ -18,9 +18,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.runs.status import EVENTS_TOPIC, logs_topic, status_topic
 from app.streams import service
-from app.streams.broker import Broker
+from app.streams.broker import EVENTS_TOPIC, Broker, logs_topic, status_topic
 
 log = logging.getLogger(__name__)
 

@@ -120,9 +120,7 @@ async def logs_socket(
     await websocket.accept()
 
     async def frames() -> AsyncGenerator[str, None]:
-        batches = watch.follow_logs(
-            sessionmaker=ctx.sessionmaker, broker=ctx.broker, feeds=feeds, run_id=run.id
-        )
+        batches = watch.follow_logs(feeds=feeds, run_id=run.id)
         async with contextlib.aclosing(batches):
             async for batch in batches:
                 for item in batch:
@@ -187,14 +185,7 @@ async def _status_stream(
 
     async def stream() -> AsyncGenerator[str, None]:
         yield f"retry: {SSE_RETRY_MS}\n\n"
-        batches = watch.follow_status(
-            sessionmaker=ctx.sessionmaker,
-            broker=ctx.broker,
-            feeds=feeds,
-            run_ids=run_ids,
-            after=resume,
-            idle=KEEPALIVE_SECONDS,
-        )
+        batches = watch.follow_status(feeds=feeds, run_ids=run_ids, after=resume, idle=KEEPALIVE_SECONDS)
         async with contextlib.aclosing(batches):
             async for batch in batches:
                 yield "".join(_sse(item) for item in batch) if batch else ": keep-alive\n\n"
@@ -273,9 +264,7 @@ async def events_socket(websocket: WebSocket, ctx: CtxDep, feeds: FeedsDep) -> N
     except InvalidRequest as exc:
         await _deny(websocket, exc)
         return
-    following = watch.follow_events(
-        sessionmaker=ctx.sessionmaker, broker=ctx.broker, feeds=feeds, cursor=cursor
-    )
+    following = watch.follow_events(feeds=feeds, cursor=cursor)
     async with following as batches:
         # Accepted only once subscribed: whatever happens after the handshake is sent.
         await websocket.accept()

@@ -15,10 +15,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.runs.status import EVENTS_TOPIC
 from app.streams import feeds as feeds_
 from app.streams import service
-from app.streams.broker import Broker, Subscription
+from app.streams.broker import EVENTS_TOPIC, Broker, Subscription
 
 Batch = list[Mapping[str, Any]]
 
@@ -72,15 +71,14 @@ async def _pages(
 
 async def follow_logs(
     *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    broker: Broker,
     feeds: feeds_.Feeds,
     run_id: int,
 ) -> AsyncGenerator[Batch, None]:
     """Batches of the run's log items, oldest first; ends once the run finished and all were sent."""
     seen = service.SeenIds()
     logs_spec, status_spec = feeds_.logs_feed(run_id), feeds_.status_feed(run_id)
-    topics = _Topics(broker, logs_spec.topic, status_spec.topic)
+    sessionmaker = feeds.sessionmaker
+    topics = _Topics(feeds.broker, logs_spec.topic, status_spec.topic)
 
     async def state() -> tuple[bool, int]:
         # Read before the lines: a run seen finished has all its lines committed.
@@ -120,8 +118,6 @@ async def follow_logs(
 
 async def follow_status(
     *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    broker: Broker,
     feeds: feeds_.Feeds,
     run_ids: Sequence[int],
     after: int | None = None,
@@ -139,7 +135,8 @@ async def follow_status(
     seen = {run_id: service.SeenIds(after or 0) for run_id in run_ids}
     finished = dict.fromkeys(run_ids, False)
     specs = [feeds_.status_feed(run_id) for run_id in run_ids]
-    topics = _Topics(broker, *(spec.topic for spec in specs))
+    sessionmaker = feeds.sessionmaker
+    topics = _Topics(feeds.broker, *(spec.topic for spec in specs))
 
     def fresh(items: Iterable[Mapping[str, Any]]) -> Batch:
         batch = [item for item in items if seen[item["workflowRunId"]].add(int(item["id"]))]
@@ -193,8 +190,6 @@ async def follow_status(
 @contextlib.asynccontextmanager
 async def follow_events(
     *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    broker: Broker,
     feeds: feeds_.Feeds,
     cursor: int | None,
 ) -> AsyncIterator[AsyncGenerator[Batch, None]]:
@@ -203,9 +198,9 @@ async def follow_events(
     Without a cursor only transitions after entering are sent, as Tangled's spindle does; entering
     subscribes and fixes that point, so callers enter before telling a client it is connected.
     """
-    topics = _Topics(broker, EVENTS_TOPIC)
+    topics = _Topics(feeds.broker, EVENTS_TOPIC)
     try:
-        async with sessionmaker() as session:
+        async with feeds.sessionmaker() as session:
             if cursor is None:
                 start = await service.last_event_id(session=session)
             elif cursor >= service.NANOSECOND_CURSOR:
@@ -213,27 +208,21 @@ async def follow_events(
                 start = await service.event_id_before(session=session, since=since)
             else:
                 start = cursor
-        yield _events(sessionmaker=sessionmaker, feeds=feeds, topics=topics, start=start)
+        yield _events(feeds=feeds, topics=topics, start=start)
     finally:
         topics.close()
 
 
-async def _events(
-    *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    feeds: feeds_.Feeds,
-    topics: _Topics,
-    start: int,
-) -> AsyncGenerator[Batch, None]:
+async def _events(*, feeds: feeds_.Feeds, topics: _Topics, start: int) -> AsyncGenerator[Batch, None]:
     seen = service.SeenIds(start, lookback=feeds_.EVENTS_LOOKBACK)
     spec = feeds_.events_feed()
-    async for batch in _pages(sessionmaker, seen, spec.read):
+    async for batch in _pages(feeds.sessionmaker, seen, spec.read):
         yield batch
     with feeds.hold(spec, after=seen.last):
         while True:
             entry = await topics.next()
             if topics.take_renewed():
-                async for batch in _pages(sessionmaker, seen, spec.read):
+                async for batch in _pages(feeds.sessionmaker, seen, spec.read):
                     yield batch
             elif entry is not None:
                 fresh = seen.fresh(_as_list(entry[1]))

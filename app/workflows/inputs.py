@@ -1,4 +1,5 @@
-"""workflow_dispatch inputs: a trigger's `inputs` checked and completed as GitHub would.
+"""workflow_dispatch inputs: their declarations, a trigger's `inputs` checked and completed as
+GitHub would, and the `inputs` context a run sees.
 
 The rule across the workflows of one trigger (every workflow file runs, whatever its `on`):
 - a workflow that declares `on.workflow_dispatch.inputs` gets exactly its declared inputs: values
@@ -13,13 +14,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from app.workflows.exceptions import InvalidWorkflow
-from app.workflows.parser import Workflow
+from app.workflows.expressions import to_number
 from app.xrpc.errors import InvalidRequest
 
+if TYPE_CHECKING:
+    from app.workflows.workflow import Workflow
+
 INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+MAX_INPUT_NAME = 100
 INPUT_TYPES = ("boolean", "choice", "environment", "number", "string")
 _NUMBER_RE = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
 
@@ -33,40 +39,15 @@ def _scalar_text(value: Any) -> str | None:
     return None
 
 
-class _Declared:
-    """One declared input, its declaration checked once."""
+@dataclass(frozen=True)
+class DispatchInput:
+    """One declared input, its declaration checked."""
 
-    def __init__(self, workflow: Workflow, name: Any, spec: Any) -> None:
-        where = f"on.workflow_dispatch.inputs.{name}"
-        if not isinstance(name, str) or not INPUT_NAME_RE.fullmatch(name) or len(name) > 100:
-            raise InvalidWorkflow(workflow.path, f"{where}: an input name must match {INPUT_NAME_RE.pattern}")
-        spec = {} if spec is None else spec
-        if not isinstance(spec, dict):
-            raise InvalidWorkflow(workflow.path, f"{where} must be a map")
-        self.name = name
-        self.type = spec.get("type", "string")
-        if self.type not in INPUT_TYPES:
-            raise InvalidWorkflow(workflow.path, f"{where}.type must be one of {', '.join(INPUT_TYPES)}")
-        required = spec.get("required", False)
-        if not isinstance(required, bool):
-            raise InvalidWorkflow(workflow.path, f"{where}.required must be true or false")
-        self.options: list[str] = []
-        if self.type == "choice":
-            options = spec.get("options")
-            texts = [_scalar_text(o) for o in options] if isinstance(options, list) else []
-            if not texts or any(t is None for t in texts):
-                raise InvalidWorkflow(workflow.path, f"{where}.options must be a non-empty list of values")
-            self.options = [t for t in texts if t is not None]
-        self.default: str | None = None
-        if spec.get("default") is not None:
-            default = _scalar_text(spec["default"])
-            if default is None:
-                raise InvalidWorkflow(workflow.path, f"{where}.default must be a single value")
-            problem = self.problem(default)
-            if problem:
-                raise InvalidWorkflow(workflow.path, f"{where}.default {problem}")
-            self.default = default
-        self.required = required and self.default is None
+    name: str
+    type: str  # one of INPUT_TYPES
+    required: bool  # required and without a default
+    default: str | None = None
+    options: tuple[str, ...] = ()  # a choice's values
 
     def problem(self, value: str) -> str | None:
         """Why `value` is not acceptable for this input, or None."""
@@ -78,46 +59,89 @@ class _Declared:
             return f"must be one of {', '.join(self.options)}, not {value!r}"
         return None
 
-    def resolve(self, given: Mapping[str, str], workflow: Workflow) -> str:
+    def resolve(self, given: Mapping[str, str], path: str) -> str:
+        """The value this input runs with, given the request's inputs; 400 naming it."""
         if self.name in given:
             value = given[self.name]
             problem = self.problem(value)
             if problem:
-                raise InvalidRequest(f"inputs.{self.name} {problem} (declared by {workflow.path})")
+                raise InvalidRequest(f"inputs.{self.name} {problem} (declared by {path})")
             return value
         if self.required:
-            raise InvalidRequest(f"inputs.{self.name} is required by {workflow.path} and has no default")
+            raise InvalidRequest(f"inputs.{self.name} is required by {path} and has no default")
         if self.default is not None:
             return self.default
         return "false" if self.type == "boolean" else ""
 
 
-def declared_inputs(workflow: Workflow) -> list[_Declared] | None:
-    """The checked declarations of a workflow, or None when it declares no dispatch inputs."""
-    inputs = workflow.dispatch_inputs
-    if inputs is None:
-        return None
-    return [_Declared(workflow, name, spec) for name, spec in inputs.items()]
+def parse_inputs(path: str, inputs: Mapping[Any, Any]) -> dict[str, DispatchInput]:
+    """The checked declarations of `on.workflow_dispatch.inputs`."""
+    return {declared.name: declared for declared in (_declared(path, n, s) for n, s in inputs.items())}
+
+
+def _declared(path: str, name: Any, spec: Any) -> DispatchInput:
+    where = f"on.workflow_dispatch.inputs.{name}"
+    if not isinstance(name, str) or not INPUT_NAME_RE.fullmatch(name) or len(name) > MAX_INPUT_NAME:
+        raise InvalidWorkflow(path, f"{where}: an input name must match {INPUT_NAME_RE.pattern}")
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        raise InvalidWorkflow(path, f"{where} must be a map")
+    kind = spec.get("type", "string")
+    if kind not in INPUT_TYPES:
+        raise InvalidWorkflow(path, f"{where}.type must be one of {', '.join(INPUT_TYPES)}")
+    required = spec.get("required", False)
+    if not isinstance(required, bool):
+        raise InvalidWorkflow(path, f"{where}.required must be true or false")
+    options: tuple[str, ...] = ()
+    if kind == "choice":
+        given = spec.get("options")
+        texts = [_scalar_text(o) for o in given] if isinstance(given, list) else []
+        if not texts or any(t is None for t in texts):
+            raise InvalidWorkflow(path, f"{where}.options must be a non-empty list of values")
+        options = tuple(t for t in texts if t is not None)
+    declared = DispatchInput(name=name, type=kind, required=required, options=options)
+    if spec.get("default") is None:
+        return declared
+    default = _scalar_text(spec["default"])
+    if default is None:
+        raise InvalidWorkflow(path, f"{where}.default must be a single value")
+    problem = declared.problem(default)
+    if problem:
+        raise InvalidWorkflow(path, f"{where}.default {problem}")
+    return DispatchInput(name=name, type=kind, required=False, default=default, options=options)
 
 
 def resolve_inputs(*, workflows: Sequence[Workflow], inputs: Mapping[str, str]) -> list[dict[str, str]]:
     """The inputs each workflow runs with (same order as `workflows`), or 400 naming the input."""
-    declarations = [declared_inputs(workflow) for workflow in workflows]
-    declaring = [d for d in declarations if d is not None]
+    declaring = [w for w in workflows if w.inputs is not None]
     if declaring:
-        known = {declared.name for decls in declaring for declared in decls}
+        known = {name for workflow in declaring for name in workflow.inputs or {}}
         for name in inputs:
             if name not in known:
-                files = ", ".join(
-                    w.path for w, d in zip(workflows, declarations, strict=True) if d is not None
-                )
+                files = ", ".join(w.path for w in declaring)
                 raise InvalidRequest(
                     f"inputs.{name} is not declared by any workflow_dispatch input ({files})"
                 )
     resolved = []
-    for workflow, decls in zip(workflows, declarations, strict=True):
-        if decls is None:
+    for workflow in workflows:
+        if workflow.inputs is None:
             resolved.append(dict(inputs))
         else:
-            resolved.append({declared.name: declared.resolve(inputs, workflow) for declared in decls})
+            resolved.append({d.name: d.resolve(inputs, workflow.path) for d in workflow.inputs.values()})
     return resolved
+
+
+def inputs_context(declared: Mapping[str, DispatchInput] | None, given: Mapping[str, str]) -> dict[str, Any]:
+    """The `inputs` context: strings, except declared boolean and number inputs, which GitHub types."""
+    inputs: dict[str, Any] = {}
+    for name, declaration in (declared or {}).items():
+        if declaration.default is not None:
+            inputs[name] = declaration.default
+    inputs.update(given)
+    for name, declaration in (declared or {}).items():
+        value = inputs.get(name)
+        if isinstance(value, str) and declaration.type == "boolean":
+            inputs[name] = value.strip().lower() == "true"
+        elif isinstance(value, str) and declaration.type == "number" and value.strip():
+            inputs[name] = to_number(value)
+    return inputs

@@ -29,8 +29,20 @@ log = logging.getLogger(__name__)
 
 
 class XrpcError(Exception):
+    """Raised below the HTTP edge; rendered as `{"error", "message"}` with `status_code`.
+
+    A subclass names its status and default error: `class Gone(XrpcError, status=410)` (the
+    error name defaults to the class name).
+    """
+
     status_code = 500
     error = "InternalServerError"
+
+    def __init_subclass__(cls, *, status: int | None = None, error: str | None = None) -> None:
+        super().__init_subclass__()
+        if status is not None:
+            cls.status_code = status
+            cls.error = error or cls.__name__
 
     def __init__(self, message: str, *, error: str | None = None) -> None:
         super().__init__(message)
@@ -49,47 +61,40 @@ class XrpcError(Exception):
         )
 
 
-class InvalidRequest(XrpcError):
-    status_code = 400
-    error = "InvalidRequest"
+class InvalidRequest(XrpcError, status=400):
+    """A request (or a file it names) that is malformed or breaks a limit; the message names it."""
 
 
-class PayloadTooLarge(InvalidRequest):
-    status_code = 413
-    error = "PayloadTooLarge"
+class PayloadTooLarge(InvalidRequest, status=413):
+    """A body over the size the method accepts."""
 
 
-class AuthenticationError(XrpcError):
-    status_code = 401
-    error = "AuthenticationRequired"
+class AuthenticationError(XrpcError, status=401, error="AuthenticationRequired"):
+    """No token, or one that fails a check; `error` says which (BadJwt, JwtExpired ...)."""
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
 
 
-class Forbidden(XrpcError):
-    status_code = 403
-    error = "Forbidden"
+class Forbidden(XrpcError, status=403):
+    """A valid token whose issuer may not do this: another actor, an unregistered repo, no rights."""
 
 
-class NotFound(XrpcError):
-    status_code = 404
-    error = "NotFound"
+class NotFound(XrpcError, status=404):
+    """No run, pipeline or record under the names asked for."""
 
 
-class MethodNotImplemented(XrpcError):
-    status_code = 501
-    error = "MethodNotImplemented"
+class MethodNotImplemented(XrpcError, status=501):
+    """An XRPC method this service does not have."""
 
 
-class UpstreamFailure(XrpcError):
-    status_code = 502
-    error = "UpstreamFailure"
+class UpstreamFailure(XrpcError, status=502):
+    """A knot that is unreachable, times out, fails or answers something that is not the format."""
 
 
-class ServiceUnavailable(XrpcError):
-    status_code = 503
-    error = "ServiceUnavailable"
+class ServiceUnavailable(XrpcError, status=503):
+    """The database is down or the service is stopping: nothing was done, try again shortly."""
+
     retry_after = 5
 
     def headers(self) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.engine.logs import TRUNCATED_SUFFIX, LogSink
 from app.runs.models import Status
-from app.runs.status import logs_topic
+from app.streams.broker import logs_topic
 from tests.engine.conftest import Harness
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from app.database import utcnow
 from app.engine.queue import CANCELLED_PENDING, RESTART_ERROR, SHUTDOWN_ERROR
 from app.runs.models import Status
-from app.runs.status import EVENTS_TOPIC, logs_topic
+from app.streams.broker import EVENTS_TOPIC, logs_topic
 from tests.engine.conftest import Harness
 
 SLEEPER = """

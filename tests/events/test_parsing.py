@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from app.knot.dispatch import tangled_stem
 from app.knot.events import SkipEvent, cursor_mark, events_url, parse_pipeline_event, tid_time_ns
 from app.streams.service import make_tid
 
@@ -139,27 +138,6 @@ def test_refuses_an_event_that_names_no_workflow():
 
     with pytest.raises(SkipEvent, match="names no workflow"):
         parse_pipeline_event(knot=KNOT, rkey="3kabc", event=empty)
-
-
-@pytest.mark.parametrize(
-    ("name", "stem"),
-    [
-        ("ci.yml", "ci"),
-        ("ci.yaml", "ci"),
-        ("ci", "ci"),
-        (".tangled/workflows/build.yml", "build"),
-        ("release.v2.yml", "release.v2"),
-        ("", None),
-        (".yml", None),
-        ("..", None),
-        ("dir/", None),
-        ("bad\nname.yml", None),
-        ("back\\slash", None),
-        ("x" * 256, None),
-    ],
-)
-def test_a_tangled_workflow_name_gives_the_stem_of_its_github_file(name: str, stem: str | None):
-    assert tangled_stem(name) == stem
 
 
 def test_reads_the_time_a_tid_was_minted():

@@ -7,9 +7,8 @@ import contextlib
 
 from app.database import create_engine, create_sessionmaker
 from app.runs.models import Status
-from app.runs.status import status_topic
 from app.streams import service, watch
-from app.streams.broker import Broker
+from app.streams.broker import Broker, status_topic
 from app.streams.feeds import Feeds
 from tests.streams.runs import Recorder, data
 from tests.streams.wire import PATIENCE
@@ -26,7 +25,7 @@ async def test_a_log_watcher_dropped_for_lagging_catches_up_from_the_database(da
         await recorder.move(run, Status.RUNNING)
         await recorder.lines(run, [data("first")])
 
-        batches = watch.follow_logs(sessionmaker=sessionmaker, broker=broker, feeds=feeds, run_id=run)
+        batches = watch.follow_logs(feeds=feeds, run_id=run)
         async with contextlib.aclosing(batches), asyncio.timeout(PATIENCE):
             received = [item["content"] for item in await anext(batches)]
             # Five batches while the watcher is busy elsewhere: its queue of two overflows.
@@ -51,7 +50,7 @@ async def test_a_status_watcher_ends_at_the_finished_state_and_releases_its_feed
         recorder = Recorder(sessionmaker, broker)
         run = (await recorder.pipeline("3wstatus"))["ci"]
 
-        batches = watch.follow_status(sessionmaker=sessionmaker, broker=broker, feeds=feeds, run_ids=[run])
+        batches = watch.follow_status(feeds=feeds, run_ids=[run])
         async with contextlib.aclosing(batches), asyncio.timeout(PATIENCE):
             seen = [item["status"] for item in await anext(batches)]
             await recorder.move(run, Status.RUNNING)
@@ -77,9 +76,7 @@ async def test_a_pipeline_watcher_sends_every_runs_current_status_in_one_batch_a
         runs = await recorder.pipeline("3wpipeline", ("build", "test", "lint"))
         await recorder.move(runs["lint"], Status.SUCCESS)
 
-        batches = watch.follow_status(
-            sessionmaker=sessionmaker, broker=broker, feeds=feeds, run_ids=list(runs.values())
-        )
+        batches = watch.follow_status(feeds=feeds, run_ids=list(runs.values()))
         async with contextlib.aclosing(batches), asyncio.timeout(PATIENCE):
             first = [(item["workflow"], item["status"]) for item in await anext(batches)]
             await recorder.move(runs["build"], Status.FAILED)
@@ -112,9 +109,7 @@ async def test_a_pipeline_watcher_keeps_a_transition_whose_commit_another_runs_l
             for name in run_names:
                 broker.publish(status_topic(runs[name]), by_run[name])
 
-        batches = watch.follow_status(
-            sessionmaker=sessionmaker, broker=broker, feeds=feeds, run_ids=list(runs.values())
-        )
+        batches = watch.follow_status(feeds=feeds, run_ids=list(runs.values()))
         async with contextlib.aclosing(batches), asyncio.timeout(PATIENCE):
             received = [[(i["id"], i["status"]) for i in await anext(batches)]]
             build = await writer.move(runs["build"], Status.RUNNING)
@@ -146,9 +141,7 @@ async def test_a_pipeline_watcher_dropped_for_lagging_catches_up_every_run_from_
         recorder = Recorder(sessionmaker, broker)
         runs = await recorder.pipeline("3wlagging", ("build", "test", "lint"))
 
-        batches = watch.follow_status(
-            sessionmaker=sessionmaker, broker=broker, feeds=feeds, run_ids=list(runs.values())
-        )
+        batches = watch.follow_status(feeds=feeds, run_ids=list(runs.values()))
         async with contextlib.aclosing(batches), asyncio.timeout(PATIENCE):
             received = [item["id"] for item in await anext(batches)]
             # Six transitions while the watcher is busy elsewhere: its queue of two overflows.

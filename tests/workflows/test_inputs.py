@@ -1,12 +1,13 @@
-"""workflow_dispatch inputs checked and completed as GitHub would, across a trigger's workflows."""
+"""workflow_dispatch inputs checked and completed as GitHub would, across a trigger's workflows,
+and typed for the `inputs` context."""
 
 from __future__ import annotations
 
 import pytest
 
 from app.workflows.exceptions import InvalidWorkflow
-from app.workflows.inputs import resolve_inputs
-from app.workflows.parser import parse_workflow
+from app.workflows.inputs import inputs_context, resolve_inputs
+from app.workflows.workflow import parse_workflow
 from app.xrpc.errors import InvalidRequest
 
 JOBS = "jobs:\n  build:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo hi\n"
@@ -109,9 +110,17 @@ def test_an_input_declared_by_one_workflow_is_known_to_the_trigger():
     ],
 )
 def test_a_bad_declaration_is_an_error_naming_the_file(declaration: str, fragment: str):
-    workflow = dispatch(declaration)
-
     with pytest.raises(InvalidWorkflow, match=fragment) as caught:
-        resolve_inputs(workflows=[workflow], inputs={})
+        resolve_inputs(workflows=[dispatch(declaration)], inputs={})
 
     assert ".github/workflows/deploy.yml" in caught.value.message
+
+
+def test_the_inputs_context_types_declared_booleans_and_numbers_and_fills_defaults():
+    context = inputs_context(DEPLOY.inputs, {"env": "prod", "debug": "TRUE"})
+
+    assert context == {"env": "prod", "debug": True, "level": "low", "count": 2.0, "tag": "7"}
+
+
+def test_the_inputs_context_of_a_workflow_without_declarations_is_the_inputs_as_given():
+    assert inputs_context(PLAIN.inputs, {"debug": "true"}) == {"debug": "true"}

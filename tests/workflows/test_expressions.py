@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.engine.expressions import (
+from app.workflows.expressions import (
     Evaluation,
     ExpressionError,
     evaluate,

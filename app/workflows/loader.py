@@ -1,4 +1,4 @@
-"""GitHub Actions workflow files read safely, as YAML 1.2 the way GitHub reads them.
+"""Workflow files read safely, as YAML 1.2 the way GitHub reads them: `load_yaml`.
 
 PyYAML implements YAML 1.1, where `on`, `yes` and `off` are booleans and `010` is octal: the
 loader here swaps in the YAML 1.2 core schema, so the key `on` stays the string "on" and only
@@ -10,9 +10,6 @@ is built), duplicate keys and exotic tags are refused, as GitHub does.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import yaml
@@ -26,9 +23,6 @@ MAX_DEPTH = 64
 MAX_ALIASES = 100
 # Nodes after alias expansion: generous for real workflows (a large one has a few thousand).
 MAX_EXPANDED_NODES = 100_000
-
-WORKFLOWS_DIR = ".github/workflows"
-WORKFLOW_SUFFIXES = (".yml", ".yaml")
 
 _CORE_TAGS = {"tag:yaml.org,2002:" + name for name in ("str", "int", "float", "bool", "null", "map", "seq")}
 _TAG = "tag:yaml.org,2002:"
@@ -252,90 +246,3 @@ def load_yaml(source: str, *, path: str) -> Any:
         raise InvalidWorkflow(path, f"invalid YAML: {exc}") from None
     finally:
         loader.dispose()
-
-
-@dataclass(frozen=True)
-class Workflow:
-    """A parsed workflow file: its path, source text, document and normalised `on` triggers."""
-
-    path: str
-    source: str
-    document: Mapping[str, Any]
-    # Event name → its configuration (None when the event is given without one).
-    events: Mapping[str, Any]
-
-    @property
-    def filename(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    @property
-    def stem(self) -> str:
-        return workflow_stem(self.filename)
-
-    @property
-    def dispatch_inputs(self) -> Mapping[str, Any] | None:
-        """The `on.workflow_dispatch.inputs` declarations, or None when there are none."""
-        dispatch = self.events.get("workflow_dispatch")
-        if isinstance(dispatch, Mapping) and dispatch.get("inputs") is not None:
-            return dispatch["inputs"]  # type: ignore[no-any-return]
-        return None
-
-
-def is_workflow_filename(name: str) -> bool:
-    return name.endswith(WORKFLOW_SUFFIXES) and "/" not in name
-
-
-def workflow_stem(filename: str) -> str:
-    """`ci.yml` → `ci`: the name a workflow run goes by in URLs and events."""
-    for suffix in WORKFLOW_SUFFIXES:
-        if filename.endswith(suffix):
-            return filename[: -len(suffix)]
-    return filename
-
-
-def _events(path: str, on: Any) -> dict[str, Any]:
-    """`on` as a string, a list of strings or a map → {event: configuration or None}."""
-    if isinstance(on, str):
-        return {on: None}
-    if isinstance(on, list):
-        if not on or not all(isinstance(event, str) for event in on):
-            raise InvalidWorkflow(path, "`on` as a list must list event names")
-        return dict.fromkeys(on)
-    if isinstance(on, dict):
-        if not on or not all(isinstance(event, str) for event in on):
-            raise InvalidWorkflow(path, "`on` as a map must have event names as keys")
-        return dict(on)
-    raise InvalidWorkflow(path, "`on` must be an event name, a list of event names or a map of events")
-
-
-@lru_cache(maxsize=512)
-def parse_workflow(path: str, source: str) -> Workflow:
-    """Parse and check the shape of one workflow file; the result is shared, so don't mutate it."""
-    document = load_yaml(source, path=path)
-    if document is None:
-        raise InvalidWorkflow(path, "the file is empty")
-    if not isinstance(document, dict):
-        raise InvalidWorkflow(path, "the top level must be a map with `on` and `jobs`")
-    if "on" not in document:
-        raise InvalidWorkflow(path, "`on` is missing: say which events trigger the workflow")
-    events = _events(path, document["on"])
-    jobs = document.get("jobs")
-    if not isinstance(jobs, dict) or not jobs:
-        raise InvalidWorkflow(path, "`jobs` must be a map with at least one job")
-    for job_id, job in jobs.items():
-        if not isinstance(job_id, str):
-            raise InvalidWorkflow(path, f"job ids must be strings, not {job_id!r}")
-        if not isinstance(job, dict):
-            raise InvalidWorkflow(path, f"job {job_id!r} must be a map")
-    workflow = Workflow(path=path, source=source, document=document, events=events)
-    _check_dispatch_shape(workflow)
-    return workflow
-
-
-def _check_dispatch_shape(workflow: Workflow) -> None:
-    dispatch = workflow.events.get("workflow_dispatch")
-    if dispatch is not None and not isinstance(dispatch, dict):
-        raise InvalidWorkflow(workflow.path, "on.workflow_dispatch must be a map or empty")
-    inputs = workflow.dispatch_inputs
-    if inputs is not None and not isinstance(inputs, dict):
-        raise InvalidWorkflow(workflow.path, "on.workflow_dispatch.inputs must be a map of inputs")

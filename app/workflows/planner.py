@@ -1,4 +1,5 @@
-"""Which jobs run in which order, and the job instances a `strategy.matrix` makes."""
+"""The plan of a run: which jobs run in which order, and the job instances a `strategy.matrix`
+makes. Problems raise WorkflowError, which fails the run."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from app.engine.expressions import kind, loose_equal, to_string
-from app.engine.workflow import Job, WorkflowError
+from app.workflows.exceptions import WorkflowError
+from app.workflows.expressions import kind, loose_equal, to_string
+from app.workflows.jobs import Job
 
 MAX_COMBINATIONS = 256  # GitHub's limit per workflow run
 

@@ -1,4 +1,4 @@
-"""The workflow model, job order, matrix expansion, env-file parsing and shell command lines."""
+"""The plan of a run: job order, matrix expansion and the names of matrix instances."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from app.engine.planner import expand_matrix, instance_name, job_order
-from app.engine.runner import StepError, parse_file_command, shell_command
-from app.engine.workflow import WorkflowError, parse_workflow
+from app.workflows.exceptions import WorkflowError
+from app.workflows.planner import expand_matrix, instance_name, job_order
+from app.workflows.workflow import Workflow, parse_workflow
 
 
-def workflow(source: str) -> Any:
-    return parse_workflow(textwrap.dedent(source), path=".github/workflows/ci.yml", default_name="ci")
+def workflow(source: str) -> Workflow:
+    return parse_workflow(".github/workflows/ci.yml", textwrap.dedent(source))
 
 
 MATRICES: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
@@ -130,96 +130,3 @@ def test_reports_a_needs_cycle_by_its_jobs() -> None:
     )
     with pytest.raises(WorkflowError, match="cycle: a → c → b → a"):
         job_order(wf.jobs)
-
-
-@pytest.mark.parametrize(
-    ("jobs", "message"),
-    [
-        (
-            "build: {steps: [{name: nothing}]}",
-            r"jobs.build.steps\[0\] must have exactly one of 'run' or 'uses'",
-        ),
-        ("build: {steps: [{run: a, uses: b}]}", "exactly one of 'run' or 'uses'"),
-        ("build: {steps: []}", "jobs.build.steps must be a non-empty list"),
-        ("build: {needs: ghost, steps: [{run: a}]}", "needs names 'ghost', which is not a job"),
-        ("build: {steps: [{id: x, run: a}, {id: x, run: b}]}", "the id 'x' is used by two steps"),
-        ("build: {steps: [{id: 1bad, run: a}]}", "must start with a letter"),
-        ("build: {env: {A: [1]}, steps: [{run: a}]}", "jobs.build.env.A must be a string"),
-        ("build: {strategy: {matrix: [1]}, steps: [{run: a}]}", "strategy.matrix must be a map"),
-        ("build: {steps: [{run: a, with: 3}]}", r"jobs.build.steps\[0\].with must be a map"),
-    ],
-)
-def test_rejects_workflow_shapes_that_cannot_run_naming_the_key(jobs: str, message: str) -> None:
-    with pytest.raises(WorkflowError, match=message):
-        workflow("on: push\njobs:\n  " + jobs + "\n")
-
-
-def test_keeps_on_as_a_key_and_types_dispatch_inputs() -> None:
-    wf = workflow(
-        """
-        name: CI
-        on:
-          workflow_dispatch:
-            inputs:
-              debug: {type: boolean, default: false}
-              level: {type: number}
-        permissions: read-all
-        jobs:
-          a: {runs-on: ubuntu-latest, steps: [{run: echo, env: {N: 1, B: true, E: null}}]}
-        """
-    )
-    assert wf.name == "CI"
-    assert {k: (v.type, v.default) for k, v in wf.inputs.items()} == {
-        "debug": ("boolean", False),
-        "level": ("number", None),
-    }
-    assert wf.jobs["a"].steps[0].env == {"N": "1", "B": "true", "E": ""}
-    assert "on" not in wf.ignored and "permissions" not in wf.ignored
-
-
-def test_parses_env_file_lines_and_heredocs() -> None:
-    text = "A=1\nB=x=y\n\nMULTI<<EOF\nline 1\nline 2\nEOF\nEMPTY=\r\n"
-    assert parse_file_command(text, "GITHUB_ENV") == {
-        "A": "1",
-        "B": "x=y",
-        "MULTI": "line 1\nline 2",
-        "EMPTY": "",
-    }
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("X<<END\nnever closed\n", "no line 'END' closes the value of 'X'"),
-        ("just words\n", "neither NAME=value"),
-    ],
-)
-def test_rejects_malformed_env_file(text: str, message: str) -> None:
-    with pytest.raises(StepError, match=message):
-        parse_file_command(text, "GITHUB_OUTPUT")
-
-
-@pytest.mark.parametrize(
-    ("shell", "argv", "extension"),
-    [
-        (None, ["bash", "-e", "{0}"], ".sh"),
-        ("bash", ["bash", "--noprofile", "--norc", "-eo", "pipefail", "{0}"], ".sh"),
-        ("sh", ["sh", "-e", "{0}"], ".sh"),
-        ("perl {0}", ["perl", "{0}"], ""),
-    ],
-)
-def test_builds_shell_command_lines_as_github_does(
-    shell: str | None, argv: list[str], extension: str
-) -> None:
-    assert shell_command(shell, path="/usr/bin:/bin") == (argv, extension)
-
-
-def test_python_shell_falls_back_to_python3_when_there_is_no_python() -> None:
-    argv, extension = shell_command("python", path="/nonexistent")
-    assert argv == ["python3", "{0}"] and extension == ".py"
-
-
-@pytest.mark.parametrize(("shell", "message"), [("cmd", "Windows-only"), ("fish", "not supported")])
-def test_rejects_shells_that_cannot_run_here(shell: str, message: str) -> None:
-    with pytest.raises(StepError, match=message):
-        shell_command(shell, path="/usr/bin:/bin")

@@ -5,34 +5,11 @@ from __future__ import annotations
 import pytest
 
 from app.workflows.exceptions import InvalidWorkflow
-from app.workflows.parser import load_yaml, parse_workflow
+from app.workflows.loader import load_yaml
+from app.workflows.workflow import parse_workflow
 
 PATH = ".github/workflows/ci.yml"
 JOBS = "jobs:\n  build:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo hi\n"
-
-
-def test_the_key_on_stays_a_string_not_the_boolean_true():
-    workflow = parse_workflow(PATH, "on: push\n" + JOBS)
-
-    assert "on" in workflow.document
-    assert not any(key is True for key in workflow.document)
-    assert workflow.events == {"push": None}
-
-
-@pytest.mark.parametrize(
-    ("on", "events"),
-    [
-        ("push", {"push": None}),
-        ("[push, pull_request]", {"push": None, "pull_request": None}),
-        (
-            "\n  push:\n    branches: [main]\n  workflow_dispatch:",
-            {"push": {"branches": ["main"]}, "workflow_dispatch": None},
-        ),
-    ],
-    ids=["string", "list", "map"],
-)
-def test_on_comes_as_a_string_a_list_or_a_map(on: str, events: dict):
-    assert parse_workflow(PATH, f"on: {on}\n" + JOBS).events == events
 
 
 def test_only_true_and_false_are_booleans_as_in_yaml_1_2():
@@ -124,28 +101,6 @@ def test_a_syntax_error_names_the_file_and_the_line():
 def test_refuses_more_than_one_document():
     with pytest.raises(InvalidWorkflow, match="invalid YAML"):
         load_yaml("a: 1\n---\nb: 2\n", path=PATH)
-
-
-@pytest.mark.parametrize(
-    ("source", "fragment"),
-    [
-        ("", "the file is empty"),
-        ("- on\n- jobs\n", "the top level must be a map"),
-        (JOBS, "`on` is missing"),
-        ("on: push\n", "`jobs` must be a map"),
-        ("on: push\njobs: {}\n", "`jobs` must be a map with at least one job"),
-        ("on: 5\n" + JOBS, "`on` must be an event name"),
-        ("on: [push, 3]\n" + JOBS, "`on` as a list must list event names"),
-        ("on:\n  workflow_dispatch: yes-please\n" + JOBS, "on.workflow_dispatch must be a map"),
-        ("on:\n  workflow_dispatch:\n    inputs: [a]\n" + JOBS, "inputs must be a map"),
-        ("on: push\njobs:\n  build: run\n", "job 'build' must be a map"),
-    ],
-)
-def test_refuses_a_document_that_is_not_a_workflow(source: str, fragment: str):
-    with pytest.raises(InvalidWorkflow, match=fragment) as caught:
-        parse_workflow(PATH, source)
-
-    assert PATH in caught.value.message
 
 
 def test_refuses_a_file_over_512_kib():
