@@ -533,8 +533,7 @@ class ContainerBackend:
                 with contextlib.suppress(TimeoutError, DockerError):
                     await asyncio.wait_for(asyncio.shield(reader), KILL_DRAIN)
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                exc = reader.exception()
-                log.warning("exec output of %s ended with %r", job.name, exc)
+                log.warning("exec output of %s ended with %r", job.name, reader.exception())
         finally:
             cancelled.cancel()
             if not reader.done():
