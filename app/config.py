@@ -76,11 +76,6 @@ class Settings(BaseSettings):
     # A stable name for this process, so that at start it can tell its own runs that were
     # left `running` by a crash from those of another live process sharing the database.
     instance_id: str | None = None
-    # bubblewrap for steps: "auto" uses it when it works, "required" refuses to run without it.
-    sandbox: Literal["auto", "required", "off"] = "auto"
-    step_memory_mb: int = Field(default=4096, ge=64)
-    step_max_processes: int = Field(default=512, ge=16)
-    step_max_file_mb: int = Field(default=1024, ge=1)
     job_timeout_minutes: float = Field(default=360, gt=0)
     # The container engine every job runs in (docs/execution.md): its Docker Engine API address,
     # `unix:///path.sock` or `tcp://host:port`. Unset: DOCKER_HOST, else a Podman API service the

@@ -12,6 +12,7 @@ from app.config import Settings
 from tests.support.db import drop_database, new_database, postgres_admin_url
 from tests.support.knot import knot, old_knot  # noqa: F401  (fixtures: a local Tangled knot)
 from tests.support.plc import FakePlc
+from tests.support.podman import podman_engine  # noqa: F401  (fixture: the session's Podman)
 from tests.support.servers import ServerThread
 
 OWNER_DID = "did:plc:spindleowneraaaaaaaaaaaa"
@@ -55,11 +56,16 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, plc: FakePlc) -> Callable[..., Settings]:
-    """Settings for a service under test: dev mode, the local PLC, a temporary data dir."""
+def make_settings(tmp_path: Path, plc: FakePlc, request: pytest.FixtureRequest) -> Callable[..., Settings]:
+    """Settings for a service under test: dev mode, the local PLC, a temporary data dir, the
+    session's Podman and its small test image (started on first use: tests that build no
+    settings never start it)."""
 
     def build(**overrides: Any) -> Settings:
+        engine = request.getfixturevalue("podman_engine")
         values: dict[str, Any] = {
+            "docker_host": engine.url,
+            "runner_image": engine.image,
             "hostname": "localhost:6555",
             "owner": OWNER_DID,
             "plc_url": plc.url,  # type: ignore[attr-defined]

@@ -24,10 +24,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from app.engine.container.options import ContainerOptions
 
+# Looked for in a job's image once, at setup: the default shell, `shell: python`, checkout.
+PROBED_COMMANDS = ("bash", "sh", "python", "python3", "pwsh", "git", "node")
 # (stream, line): stream is "stdout" or "stderr", line has no trailing newline.
 OutputSink = Callable[[str, str], None]
 Progress = Callable[[str], None]
@@ -90,6 +93,8 @@ class Job:
     network_id: str | None = None
     limit_hit: str | None = None  # set by the backend's watch when a limit stopped the job
     counters: dict[str, int] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # the container's own (image + container:)
+    commands: frozenset[str] = frozenset()  # which of PROBED_COMMANDS the image has
     watch: asyncio.Task[None] | None = None
 
 
@@ -131,6 +136,9 @@ class Backend(Protocol):
     async def setup_job(self, spec: JobSpec, *, progress: Progress) -> Job: ...
 
     async def put_files(self, job: Job, files: Mapping[str, bytes]) -> None: ...
+
+    async def put_tar(self, job: Job, archive: Path) -> None:
+        """A tar archive from the host, unpacked at the container's root."""
 
     async def exec(
         self, job: Job, request: ExecRequest, *, output: OutputSink, cancel: asyncio.Event

@@ -11,13 +11,45 @@ missing is simply left out. The TANGLED_* names are the ones Tangled's spindle s
 from __future__ import annotations
 
 import platform
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.base import Workspace
-
 EVENT_NAMES = {"manual": "workflow_dispatch", "push": "push", "pull_request": "pull_request"}
+_DIR_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where a job's files are, as paths inside its container: GitHub's layout for container jobs
+    (the workspace under /__w, HOME in /github/home, the tool cache in /__t)."""
+
+    workspace: str  # GITHUB_WORKSPACE: /__w/<repo>/<repo>; the checkout goes here
+    temp: str = "/__w/_temp"  # RUNNER_TEMP: step scripts, file commands
+    home: str = "/github/home"
+    tool_cache: str = "/__t"
+    event_path: str = "/github/workflow/event.json"
+
+    @classmethod
+    def for_repo(cls, repo_name: str) -> Workspace:
+        name = _DIR_SAFE.sub("-", repo_name).strip(".-") or "repo"
+        return cls(workspace=f"/__w/{name}/{name}")
+
+    @property
+    def file_commands(self) -> str:
+        return f"{self.temp}/_runner_file_commands"
+
+    @property
+    def directories(self) -> tuple[str, ...]:
+        """What exists, empty, before the first step."""
+        return (
+            self.workspace,
+            self.file_commands,
+            self.home,
+            self.tool_cache,
+            self.event_path.rsplit("/", 1)[0],
+        )
 
 
 @dataclass(frozen=True)
@@ -176,7 +208,7 @@ def github_context(
         "workflow": workflow_name,
         "workflow_ref": f"{spec.repository}/{spec.path}@{spec.ref}",
         "job": job_id,
-        "workspace": str(workspace.workspace) if workspace else "",
+        "workspace": workspace.workspace if workspace else "",
         "token": "",
     }
 
@@ -187,8 +219,8 @@ def runner_context(workspace: Workspace) -> dict[str, Any]:
         "arch": runner_arch(),
         "name": "spindle",
         "environment": "self-hosted",
-        "temp": str(workspace.temp),
-        "tool_cache": str(workspace.temp / "_tool"),
+        "temp": workspace.temp,
+        "tool_cache": workspace.tool_cache,
         "debug": "",
     }
 
@@ -198,7 +230,7 @@ def standard_env(spec: RunSpec, github: Mapping[str, Any], workspace: Workspace)
     env = {
         "CI": "true",
         "GITHUB_ACTIONS": "true",
-        "GITHUB_WORKSPACE": str(workspace.workspace),
+        "GITHUB_WORKSPACE": workspace.workspace,
         "GITHUB_SHA": spec.sha,
         "GITHUB_REF": spec.ref,
         "GITHUB_REF_NAME": spec.ref_name,
@@ -206,7 +238,7 @@ def standard_env(spec: RunSpec, github: Mapping[str, Any], workspace: Workspace)
         "GITHUB_REPOSITORY": spec.repository,
         "GITHUB_REPOSITORY_OWNER": spec.repo_did,
         "GITHUB_EVENT_NAME": spec.event_name,
-        "GITHUB_EVENT_PATH": str(workspace.temp / "_github_workflow" / "event.json"),
+        "GITHUB_EVENT_PATH": workspace.event_path,
         "GITHUB_RUN_ID": str(spec.run_id),
         "GITHUB_RUN_NUMBER": str(spec.run_id),
         "GITHUB_RUN_ATTEMPT": "1",
@@ -220,8 +252,8 @@ def standard_env(spec: RunSpec, github: Mapping[str, Any], workspace: Workspace)
         "RUNNER_ARCH": runner_arch(),
         "RUNNER_NAME": "spindle",
         "RUNNER_ENVIRONMENT": "self-hosted",
-        "RUNNER_TEMP": str(workspace.temp),
-        "RUNNER_TOOL_CACHE": str(workspace.temp / "_tool"),
+        "RUNNER_TEMP": workspace.temp,
+        "RUNNER_TOOL_CACHE": workspace.tool_cache,
     }
     if spec.trigger_kind == "pull_request":
         env["GITHUB_HEAD_REF"] = str(github["head_ref"] or "")

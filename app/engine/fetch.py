@@ -140,3 +140,15 @@ def tar_git_dir(git_dir: Path, *, into: str, out: Path) -> Path:
     with tarfile.open(out, "w") as archive:
         archive.add(git_dir, arcname=f"{into.strip('/')}/.git", recursive=True)
     return out
+
+
+async def archive_files(fetched: Fetched, *, into: str, out: Path) -> None:
+    """The commit's files as a tar whose members land under `into` (for an image without git)."""
+    env = git_env(out.parent)
+    code, output = await _git(
+        "--git-dir", str(fetched.git_dir), "archive", "--format=tar", f"--prefix={into.strip('/')}/",
+        "-o", str(out), fetched.commit,
+        cwd=out.parent, env=env, timeout=FETCH_TIMEOUT,
+    )  # fmt: skip
+    if code != 0:
+        raise FetchError(f"git archive failed:\n{output}")

@@ -1,7 +1,8 @@
 """The durable run queue: pending WorkflowRun rows are the queue, this process claims and runs them.
 
-    scheduler = Scheduler(settings=, sessionmaker=, broker=, knot=)   # engine= to plug another in
-    await scheduler.start()      # probe the sandbox, fail our own runs a crash left `running`
+    scheduler = Scheduler(settings=, sessionmaker=, broker=, knot=)   # backend= to plug another in
+    await scheduler.start()      # start the container engine, fail our own runs a crash left
+                                 # `running`, remove the containers of runs that no longer run
     scheduler.wake()             # a run was just inserted: look now rather than at the next poll
     await scheduler.cancel(id)   # pending → cancelled at once; running → killed, then cancelled
     await scheduler.stop()       # kill what runs here; those runs end `failed`
@@ -35,9 +36,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.background import BackgroundLoop
 from app.config import Settings
 from app.database import utcnow
-from app.engine.base import Engine
+from app.engine.backend import Backend
+from app.engine.container import images
+from app.engine.container.backend import ContainerBackend, deployment_id
 from app.engine.context import RunSpec
-from app.engine.local import KILL_GRACE, LocalEngine
 from app.engine.logs import LogSink
 from app.engine.runner import RunOutcome, WorkflowRunner
 from app.knot.client import KnotClient
@@ -47,6 +49,7 @@ from app.streams.broker import Broker
 
 log = logging.getLogger(__name__)
 
+KILL_GRACE = 5.0
 POLL_INTERVAL = 1.0
 HEARTBEAT_INTERVAL = 10.0
 STALE_AFTER = 60.0
@@ -80,7 +83,7 @@ class Scheduler:
         sessionmaker: async_sessionmaker[AsyncSession],
         broker: Broker,
         knot: KnotClient,
-        engine: Engine | None = None,
+        backend: Backend | None = None,
         poll_interval: float = POLL_INTERVAL,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         stale_after: float = STALE_AFTER,
@@ -89,8 +92,11 @@ class Scheduler:
         self.sessionmaker = sessionmaker
         self.broker = broker
         self.knot = knot
-        self.engine: Engine = engine or LocalEngine(settings=settings)
         self.instance_id = settings.instance_id or default_instance_id(settings)
+        self.backend: Backend = backend or ContainerBackend(
+            settings=settings, instance_id=self.instance_id, deployment=deployment_id(settings)
+        )
+        self._image: asyncio.Task[None] | None = None
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
@@ -101,11 +107,47 @@ class Scheduler:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Probe the engine, fail runs a previous life of this instance left running, start polling."""
-        await self.engine.start()
-        log.info("scheduler %s: steps run with %s", self.instance_id, self.engine.describe())
+        """Start the engine, fail runs a previous life of this instance left running, remove what
+        they left in the engine, start polling (once the default runner image exists)."""
+        await self.backend.start()
+        log.info("scheduler %s: jobs run in %s", self.instance_id, self.backend.describe())
         await self._recover()
+        await self._reap()
+        self._image = asyncio.create_task(self._runner_image(), name="runner image")
         self._loop.start(self._run(), name="scheduler")
+
+    async def _reap(self) -> None:
+        """Containers of runs that no process runs any more (a crash, a kill -9) are removed."""
+        if isinstance(self.backend, ContainerBackend) and self.backend.unavailable is not None:
+            return
+        async with self.sessionmaker() as session:
+            running = set(
+                await session.scalars(
+                    select(WorkflowRun.id).where(
+                        WorkflowRun.status == Status.RUNNING, WorkflowRun.claimed_by != self.instance_id
+                    )
+                )
+            )
+        try:
+            removed = await self.backend.reap(keep=lambda run_id: run_id in running or run_id in self.active)
+        except Exception:
+            log.exception("could not remove the leftovers of earlier runs")
+            return
+        if removed:
+            log.warning("removed %d containers left by runs that no longer run", removed)
+
+    async def _runner_image(self) -> None:
+        """The default runner image, built when missing, before the first job (it takes minutes)."""
+        if not isinstance(self.backend, ContainerBackend) or self.backend.docker is None:
+            return
+        try:
+            await images.ensure_default_runner_image(
+                self.backend.docker,
+                settings=self.settings,
+                progress=lambda line: log.info("runner image: %s", line),
+            )
+        except images.ImageError as exc:
+            log.error("the default runner image could not be built: %s", exc)
 
     async def stop(self) -> None:
         """Stop claiming; kill the runs of this process (they end `failed`) and wait for them."""
@@ -116,6 +158,11 @@ class Scheduler:
         tasks = [a.task for a in self.active.values() if a.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=KILL_GRACE + 30)
+        if self._image is not None:
+            self._image.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._image
+        await self.backend.close()
 
     def wake(self) -> None:
         """Look for pending runs now (call after committing new runs)."""
@@ -160,6 +207,8 @@ class Scheduler:
     # -- the loop --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        if self._image is not None:
+            await asyncio.shield(self._image)  # no job before the default image exists
         while not self._loop.stopping:
             try:
                 await self._tick()
@@ -304,11 +353,20 @@ class Scheduler:
         )
 
     async def _execute(self, spec: RunSpec, active: _Active) -> None:
-        logs = LogSink(run_id=spec.run_id, sessionmaker=self.sessionmaker, broker=self.broker)
+        logs = LogSink(
+            run_id=spec.run_id,
+            sessionmaker=self.sessionmaker,
+            broker=self.broker,
+            max_bytes=self.settings.run_log_mb * 1024 * 1024,
+        )
         await logs.start()
         try:
             runner = WorkflowRunner(
-                engine=self.engine, logs=logs, cancel=active.cancel, settings=self.settings
+                backend=self.backend,
+                logs=logs,
+                cancel=active.cancel,
+                settings=self.settings,
+                scratch=self.settings.data_dir / "runs" / f"{spec.run_id}-{self.instance_id}",
             )
             outcome = await runner.run(spec)
         except Exception as exc:
@@ -317,8 +375,6 @@ class Scheduler:
             outcome = RunOutcome(
                 Status.FAILED, f"the spindle failed while running this run ({type(exc).__name__})"
             )
-            with contextlib.suppress(Exception):
-                await self.engine.destroy(run_id=spec.run_id)
         if active.shutdown and outcome.status is Status.CANCELLED:
             logs.notice(SHUTDOWN_ERROR)
             outcome = RunOutcome(Status.FAILED, SHUTDOWN_ERROR)

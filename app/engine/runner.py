@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import posixpath
 import re
 import shlex
 import shutil
@@ -24,11 +25,23 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.engine import checkout
-from app.engine.base import Engine, EngineUnavailable, ExecRequest, Workspace
-from app.engine.context import RunSpec, github_context, runner_context, standard_env
+from app.engine import checkout, fetch
+from app.engine.backend import (
+    Backend,
+    EngineUnavailable,
+    ExecRequest,
+    ExecResult,
+    FileCommandError,
+    JobSetupError,
+    JobSpec,
+    Limits,
+    OutputSink,
+    ServiceSpec,
+)
+from app.engine.backend import Job as EngineJob
+from app.engine.container.options import ContainerOptions, OptionsError, parse_options
+from app.engine.context import RunSpec, Workspace, github_context, runner_context, standard_env
 from app.engine.logs import LogSink
-from app.engine.sandbox import base_environment
 from app.runs.models import Status
 from app.workflows.exceptions import InvalidWorkflow, WorkflowError
 from app.workflows.expressions import (
@@ -42,12 +55,17 @@ from app.workflows.expressions import (
     truthy,
 )
 from app.workflows.inputs import inputs_context
-from app.workflows.jobs import Job, RunDefaults, Step
+from app.workflows.jobs import Container, Job, RunDefaults, Step
 from app.workflows.planner import expand_matrix, instance_name, job_order
 from app.workflows.workflow import Workflow, parse_workflow
 
 MAX_FILE_COMMAND_BYTES = 1024 * 1024  # GitHub's limit for a step's outputs
 ACCEPTED_RUNNERS = re.compile(r"^(ubuntu(-.*)?|self-hosted|linux|x64|arm64)$", re.IGNORECASE)
+# Runners this spindle does not have: a job or matrix leg that asks for one is not run, and
+# does not fail the run (its log line names the runner).
+OTHER_OS_RUNNERS = re.compile(r"^(windows|macos|macOS|win)(-.*)?$", re.IGNORECASE)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+FILE_COMMANDS = ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_PATH", "GITHUB_STEP_SUMMARY", "GITHUB_STATE")
 PROTECTED_ENV = re.compile(r"^(GITHUB_|RUNNER_)")
 SHELLS = {
     "bash": ("bash --noprofile --norc -eo pipefail {0}", ".sh"),
@@ -162,24 +180,16 @@ def parse_file_command(text: str, what: str) -> dict[str, str]:
     return values
 
 
-def _read_limited(path: Path, what: str) -> str:
-    if not path.exists():
-        return ""
-    if path.stat().st_size > MAX_FILE_COMMAND_BYTES:
-        raise StepError(f"{what} is larger than {MAX_FILE_COMMAND_BYTES // 1024} KiB")
-    return path.read_text(encoding="utf-8", errors="replace")
-
-
-def shell_command(shell: str | None, *, path: str) -> tuple[list[str], str]:
-    """(argv template with {0}, script extension) for a step's `shell`."""
+def shell_command(shell: str | None, *, commands: frozenset[str]) -> tuple[list[str], str]:
+    """(argv template with {0}, script extension) for a step's `shell`, given the image's commands."""
     if shell is None:
         # GitHub's default on Linux: bash without pipefail, sh where there is no bash.
-        template = "bash -e {0}" if shutil.which("bash", path=path) else "sh -e {0}"
+        template = "bash -e {0}" if "bash" in commands else "sh -e {0}"
         return shlex.split(template), ".sh"
     name = shell.strip()
     if name in SHELLS:
         template, extension = SHELLS[name]
-        if name == "python" and not shutil.which("python", path=path):
+        if name == "python" and "python" not in commands:
             template = "python3 {0}"
         return shlex.split(template), extension
     if name in ("cmd", "powershell"):
@@ -191,6 +201,21 @@ def shell_command(shell: str | None, *, path: str) -> tuple[list[str], str]:
     )
 
 
+# The fetched `.git` is in place: the files of the commit, checked out in the container.
+_PLACE = r"""
+dest=$1 commit=$2
+cd "$dest"
+git -c core.hooksPath=/dev/null -c safe.directory='*' -c advice.detachedHead=false \
+  checkout -q -f --detach "$commit" &&
+git -c safe.directory='*' log -1 --format='HEAD is now at %h %s'
+"""
+
+
+def _container_port(mapping: str) -> str:
+    """`8080:80/tcp`, `127.0.0.1:8080:80`, `5432` → the container's port (`80`, `80`, `5432`)."""
+    return mapping.rsplit(":", 1)[-1].split("/", 1)[0]
+
+
 def _step_label(step: Step) -> str:
     if step.run is not None:
         first = next((line.strip() for line in step.run.splitlines() if line.strip()), "")
@@ -199,13 +224,20 @@ def _step_label(step: Step) -> str:
 
 
 class WorkflowRunner:
-    """Executes one run on `engine`, writing its log to `logs`; `cancel` stops it."""
+    """Executes one run on `backend`, writing its log to `logs`; `cancel` stops it.
 
-    def __init__(self, *, engine: Engine, logs: LogSink, cancel: asyncio.Event, settings: Settings) -> None:
-        self.engine = engine
+    `scratch` is a host directory of the run's own (the checkout's fetches); it is removed at the
+    end. Nothing a job controls is ever written there."""
+
+    def __init__(
+        self, *, backend: Backend, logs: LogSink, cancel: asyncio.Event, settings: Settings, scratch: Path
+    ) -> None:
+        self.backend = backend
         self.logs = logs
         self.cancel = cancel
         self.settings = settings
+        self.scratch = scratch
+        self.fetcher = fetch.Fetcher(scratch)
         self.step_counter = 0
         self.instance_counter = 0
         self.interrupted = False  # cancel stopped or skipped some work
@@ -214,11 +246,11 @@ class WorkflowRunner:
         """Run every job; the outcome is what the run's final status says."""
         self.logs.notice(f"running {spec.path} of {spec.repository} at {spec.sha} ({spec.event_name})")
         try:
-            self.engine.check()
+            self.backend.check()
         except EngineUnavailable as exc:
             self.logs.notice(str(exc))
             return RunOutcome(Status.FAILED, str(exc))
-        self.logs.notice(f"steps run with {self.engine.describe()}")
+        self.logs.notice(f"jobs run in {self.backend.describe()}")
         try:
             workflow = parse_workflow(spec.path, spec.source)
             order = job_order(workflow.jobs)
@@ -241,7 +273,7 @@ class WorkflowRunner:
                 if result.failure is not None and first_failure is None:
                     first_failure = result.failure
         finally:
-            await self.engine.destroy(run_id=spec.run_id)
+            await asyncio.to_thread(shutil.rmtree, self.scratch, True)
         if self.cancel.is_set() and self.interrupted:
             self.logs.notice("the run was cancelled")
             return RunOutcome(Status.CANCELLED, "the run was cancelled")
@@ -343,7 +375,9 @@ class WorkflowRunner:
         self.logs.notice(error)
         return JobResult("failure", failure=Failure(Status.FAILED, error))
 
-    def _log_unsupported(self, job: Job, evaluation: Evaluation, name: str) -> None:
+    def _other_os(self, job: Job, evaluation: Evaluation, name: str) -> str | None:
+        """The runner a job asks for when it is one this spindle does not have (Windows, macOS);
+        a line about any other label it does not know."""
         labels: list[Any] = []
         for label in job.runs_on.labels if job.runs_on is not None else ():
             try:
@@ -351,20 +385,82 @@ class WorkflowRunner:
             except ExpressionError:
                 value = label
             labels.extend(value if isinstance(value, list) else [value])
-        odd = [
-            to_string(label)
-            for label in labels
-            if label is not None and not ACCEPTED_RUNNERS.match(to_string(label))
-        ]
+        texts = [to_string(label) for label in labels if label is not None]
+        other = next((label for label in texts if OTHER_OS_RUNNERS.match(label)), None)
+        if other is not None:
+            return other
+        odd = [label for label in texts if not ACCEPTED_RUNNERS.match(label)]
         if odd:
             self.logs.notice(
-                f"{name}: runs-on {', '.join(odd)} is not available here; "
-                "the job runs on this spindle's Linux host"
+                f"{name}: runs-on {', '.join(odd)} is not available here; the job runs in a Linux container"
             )
+        return None
+
+    def _container_spec(
+        self, spec: RunSpec, job: Job, evaluation: Evaluation, key: str, workspace: Workspace
+    ) -> JobSpec:
+        """The job's container and services, their expressions evaluated (matrix values included)."""
+        limits = Limits(
+            memory_mb=self.settings.job_memory_mb,
+            max_processes=self.settings.job_max_processes,
+            cpus=self.settings.job_cpus,
+            disk_mb=self.settings.job_disk_mb,
+        )
+        env: dict[str, str] = {}
+        image, options, credentials = self.settings.runner_image, parse_options(None), None
         if job.container is not None:
-            self.logs.notice(f"{name}: container: is not supported; steps run on the host")
-        if job.services:
-            self.logs.notice(f"{name}: services: are not supported; no service containers are started")
+            image, env, options, credentials = self._container_parts(job.container, evaluation, "container")
+        for flag in options.ignored:
+            self.logs.notice(f"container options: {flag} is ignored by this spindle")
+        services = []
+        for service_id, service in job.services.items():
+            s_image, s_env, s_options, s_credentials = self._container_parts(
+                service, evaluation, f"services.{service_id}"
+            )
+            for flag in s_options.ignored:
+                self.logs.notice(f"services.{service_id}.options: {flag} is ignored by this spindle")
+            services.append(
+                ServiceSpec(
+                    id=service_id,
+                    image=s_image,
+                    env=s_env,
+                    options=s_options,
+                    ports=service.ports,
+                    credentials=s_credentials,
+                )
+            )
+        return JobSpec(
+            run_id=spec.run_id,
+            job_key=key,
+            image=image,
+            limits=limits,
+            network=self.settings.job_network,
+            env=env,
+            options=options,
+            credentials=credentials,
+            services=tuple(services),
+            directories=workspace.directories,
+        )
+
+    @staticmethod
+    def _container_parts(
+        container: Container, evaluation: Evaluation, where: str
+    ) -> tuple[str, dict[str, str], ContainerOptions, dict[str, str] | None]:
+        image = to_string(interpolate(container.image, evaluation)).strip()
+        if not image:
+            raise StepError(f"{where}.image is empty")
+        env = {k: interpolate(v, evaluation) for k, v in container.env.items()}
+        try:
+            options = parse_options(interpolate(container.options, evaluation) if container.options else None)
+        except OptionsError as exc:
+            raise StepError(f"{where}: {exc}") from None
+        credentials = None
+        if container.credentials is not None:
+            credentials = {
+                "username": interpolate(container.credentials.username, evaluation),
+                "password": interpolate(container.credentials.password, evaluation),
+            }
+        return image, env, options, credentials
 
     async def _run_instance(
         self,
@@ -376,9 +472,8 @@ class WorkflowRunner:
         strategy: dict[str, Any],
     ) -> JobResult:
         self.instance_counter += 1
-        workspace = await self.engine.create_workspace(
-            run_id=spec.run_id, job_key=f"{self.instance_counter:03d}-{job.id}"
-        )
+        key = f"{self.instance_counter:03d}-{job.id}"
+        workspace = Workspace.for_repo(spec.repo_name)
         github = github_context(
             spec, workflow_name=workflow.definition.name, job_id=job.id, workspace=workspace
         )
@@ -400,8 +495,13 @@ class WorkflowRunner:
             name = job.id
         if combination and "matrix" not in to_string(job.name or ""):
             name = instance_name(name, combination)
+        other = self._other_os(job, evaluation, name)
+        if other is not None:
+            self.logs.notice(
+                f"job {name} not run: it asks for a {other} runner, which this spindle does not have"
+            )
+            return JobResult("skipped")
         self.logs.notice(f"job {name}")
-        self._log_unsupported(job, evaluation, name)
         try:
             workflow_env = {k: interpolate(v, evaluation) for k, v in workflow.definition.env.items()}
             ctx["env"] = dict(workflow_env)
@@ -410,12 +510,52 @@ class WorkflowRunner:
             limit = self.settings.job_timeout_minutes
             minutes = min(_minutes(job.timeout_minutes, evaluation, "timeout-minutes") or limit, limit)
             allow_failure = truthy(evaluate_value(job.continue_on_error, evaluation))
+            container = self._container_spec(spec, job, evaluation, key, workspace)
         except (ExpressionError, StepError) as exc:
             return self._job_failure(f"job '{name}': {exc}")
+        try:
+            engine_job = await self.backend.setup_job(container, progress=self.logs.notice)
+        except (JobSetupError, EngineUnavailable) as exc:
+            return self._job_failure(f"job '{name}': {exc}")
+        try:
+            return await self._run_steps(
+                spec, job, ctx, name, workspace, github, minutes, allow_failure, engine_job,
+                defaults=job.defaults.over(workflow.definition.defaults),
+            )  # fmt: skip
+        finally:
+            await self.backend.destroy_job(engine_job)
 
-        event_path = workspace.temp / "_github_workflow" / "event.json"
-        event_path.parent.mkdir(parents=True, exist_ok=True)
-        event_path.write_text(json.dumps(spec.event_payload(), indent=2), encoding="utf-8")
+    async def _run_steps(
+        self,
+        spec: RunSpec,
+        job: Job,
+        ctx: dict[str, Any],
+        name: str,
+        workspace: Workspace,
+        github: dict[str, Any],
+        minutes: float,
+        allow_failure: bool,
+        engine_job: EngineJob,
+        *,
+        defaults: RunDefaults,
+    ) -> JobResult:
+        await self.backend.put_files(
+            engine_job, {workspace.event_path: json.dumps(spec.event_payload(), indent=2).encode()}
+        )
+        if job.services:
+            # Services share the job's network namespace: each port is reachable on localhost as
+            # itself, and nothing is published on the host.
+            ctx["job"] = {
+                **ctx["job"],
+                "services": {
+                    service_id: {
+                        "id": engine_job.services.get(service_id, ""),
+                        "network": engine_job.name,
+                        "ports": {port: port for port in map(_container_port, service.ports)},
+                    }
+                    for service_id, service in job.services.items()
+                },
+            }
         state = _InstanceState(
             name=name,
             workspace=workspace,
@@ -424,14 +564,15 @@ class WorkflowRunner:
             deadline=asyncio.get_running_loop().time() + minutes * 60,
             minutes=minutes,
             status=_JobStatus(self.cancel),
-            defaults=job.defaults.over(workflow.definition.defaults),
+            defaults=defaults,
+            job=engine_job,
         )
         for step in job.steps:
             if self.cancel.is_set():
                 self.interrupted = True
                 break
             ctx["steps"] = state.steps
-            ctx["job"] = {"status": "failure" if state.status.failed else "success"}
+            ctx["job"] = {**ctx["job"], "status": "failure" if state.status.failed else "success"}
             ctx["env"] = {**state.env, **state.github_env}
             outcome = await self._step(spec, step, ctx, state)
             if outcome is None:
@@ -532,39 +673,37 @@ class WorkflowRunner:
         step_id = self.step_counter
         self.step_counter += 1
         workspace = state.workspace
-        commands = workspace.temp / "_runner_file_commands"
-        commands.mkdir(exist_ok=True)
-        files = {
-            name: commands / f"{name.lower()}_{step_id}"
-            for name in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_PATH", "GITHUB_STEP_SUMMARY", "GITHUB_STATE")
-        }
-        for path in files.values():
-            path.touch()
+        files = {name: f"{workspace.file_commands}/{name.lower()}_{step_id}" for name in FILE_COMMANDS}
         command_text = step.run if step.run is not None else f"uses: {step.uses}"
         self.logs.control(display, step_id=step_id, step_status="start", step_command=command_text)
+
+        def output(stream: str, line: str) -> None:
+            self.logs.data(line, stream=stream, step_id=step_id)
+
         try:
-            requests, step_limit = self._prepare(spec, step, evaluation, state, files, remaining)
+            request, plan, step_limit = self._prepare(spec, step, evaluation, state, files, remaining)
+            uploads: dict[str, bytes] = {path: b"" for path in files.values()}
+            if request.script is not None:
+                uploads[request.script[0]] = request.script[1].encode("utf-8", errors="surrogateescape")
+            await self.backend.put_files(state.job, uploads)
+            if request.directory is not None and not await self._is_directory(state, request.exec.cwd):
+                raise StepError(f"working-directory {request.directory!r} does not exist")
         except (StepError, ExpressionError, checkout.CheckoutError) as exc:
             self.logs.data(f"Error: {exc}", stream="stderr", step_id=step_id)
             self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)
             return StepOutcome("failure", error=f"{where}: {exc}")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for request in requests:
-            # A step of several processes (checkout) shares one time limit.
-            request.timeout -= loop.time() - started
-            result = await self.engine.execute(
-                workspace,
-                request,
-                output=lambda stream, line: self.logs.data(line, stream=stream, step_id=step_id),
-                cancel=self.cancel,
-            )
-            if result.error or result.cancelled or result.timed_out or result.exit_code != 0:
-                break
-        if result.error:
+        if plan is not None:
+            result = await self._checkout(plan, state, request.exec, output)
+        else:
+            result = await self.backend.exec(state.job, request.exec, output=output, cancel=self.cancel)
+        if result.error and not result.limit:
             self.logs.data(f"Error: {result.error}", stream="stderr", step_id=step_id)
         outcome = StepOutcome("success", exit_code=result.exit_code)
-        if result.cancelled:
+        if result.limit:
+            message = f"{where} failed: {result.limit}"
+            self.logs.data(f"Error: {result.limit}", stream="stderr", step_id=step_id)
+            outcome = StepOutcome("failure", error=message, exit_code=result.exit_code)
+        elif result.cancelled:
             outcome = StepOutcome("cancelled", error=f"{where} was cancelled", exit_code=result.exit_code)
             self.logs.data("Error: the step was cancelled", stream="stderr", step_id=step_id)
         elif result.timed_out:
@@ -576,6 +715,8 @@ class WorkflowRunner:
             )
             self.logs.data(f"Error: {message}", stream="stderr", step_id=step_id)
             outcome = StepOutcome("failure", error=message, timed_out=True, job_timed_out=not step_bound)
+        elif result.error:
+            outcome = StepOutcome("failure", error=f"{where}: {result.error}")
         elif result.exit_code != 0:
             self.logs.data(
                 f"Error: Process completed with exit code {result.exit_code}.",
@@ -587,9 +728,9 @@ class WorkflowRunner:
                 error=f"{where} failed with exit code {result.exit_code}",
                 exit_code=result.exit_code,
             )
-        if not result.cancelled:
+        if not result.cancelled and not result.limit:
             try:
-                self._apply_file_commands(files, state, outcome, step_id)
+                await self._apply_file_commands(files, state, outcome, step_id)
             except StepError as exc:
                 self.logs.data(f"Error: {exc}", stream="stderr", step_id=step_id)
                 if outcome.outcome == "success":
@@ -603,14 +744,14 @@ class WorkflowRunner:
         step: Step,
         evaluation: Evaluation,
         state: _InstanceState,
-        files: dict[str, Path],
+        files: dict[str, str],
         remaining: float,
-    ) -> tuple[list[ExecRequest], float | None]:
-        """The processes a step runs (one, or two for a checkout) and its own time limit."""
+    ) -> tuple[_StepRequest, checkout.CheckoutPlan | None, float | None]:
+        """The process a step runs (with its script), the checkout it does, its own time limit."""
         workspace = state.workspace
-        env = base_environment(home=workspace.home)
+        env: dict[str, str] = {"HOME": workspace.home, "PATH": state.job.env.get("PATH") or DEFAULT_PATH}
         env.update(state.standard)
-        env.update({name: str(path) for name, path in files.items()})
+        env.update(files)
         env["GITHUB_ACTION"] = step.id or f"__run_{step.index}"
         env.update(state.env)
         env.update(state.github_env)
@@ -637,56 +778,115 @@ class WorkflowRunner:
             plan = checkout.plan_checkout(
                 with_=with_,
                 workspace=workspace.workspace,
-                scratch=workspace.temp,
                 clone_url=spec.clone_url,
                 sha=spec.sha,
                 repository=spec.repository,
             )
             for note in plan.notes:
                 self.logs.notice(note)
-            plan.dest.mkdir(parents=True, exist_ok=True)
-            return [
-                ExecRequest(plan.fetch, plan.env, workspace.root, timeout, network=True),
-                ExecRequest(plan.place, plan.env, workspace.root, timeout),
-            ], step_limit
+            # git in the container with the image's own PATH and no config or hooks: nothing an
+            # earlier step planted (a `git` on GITHUB_PATH, ~/.gitconfig, .git/hooks) runs here.
+            git_env = {
+                "HOME": workspace.home,
+                "PATH": state.job.env.get("PATH") or DEFAULT_PATH,
+                "GIT_TERMINAL_PROMPT": "0",
+                "GIT_CONFIG_NOSYSTEM": "1",
+                "GIT_CONFIG_GLOBAL": "/dev/null",
+            }
+            return _StepRequest(ExecRequest([], git_env, workspace.workspace, timeout)), plan, step_limit
 
         assert step.run is not None
         script = interpolate(step.run, step_evaluation)
         shell = step.shell or state.defaults.shell
         if shell is not None:
             shell = interpolate(shell, step_evaluation)
-        template, extension = shell_command(shell, path=env["PATH"])
-        script_path = workspace.temp / f"{uuid.uuid4()}{extension}"
-        script_path.write_text(script, encoding="utf-8")
+        template, extension = shell_command(shell, commands=state.job.commands)
+        script_path = f"{workspace.temp}/{uuid.uuid4()}{extension}"
         directory = step.working_directory or state.defaults.working_directory
         cwd = workspace.workspace
+        argv = [part.replace("{0}", script_path) for part in template]
+        checked = None
         if directory:
             directory = interpolate(directory, step_evaluation)
-            cwd = (workspace.workspace / directory).resolve()
-            if not cwd.is_dir():
-                raise StepError(f"working-directory {directory!r} does not exist")
-        argv = [part.replace("{0}", str(script_path)) for part in template]
-        return [ExecRequest(argv, env, cwd, timeout)], step_limit
+            cwd = posixpath.normpath(posixpath.join(workspace.workspace, directory))
+            checked = directory
+        request = _StepRequest(ExecRequest(argv, env, cwd, timeout), (script_path, script), checked)
+        return request, None, step_limit
 
-    def _apply_file_commands(
-        self, files: dict[str, Path], state: _InstanceState, outcome: StepOutcome, step_id: int
+    async def _is_directory(self, state: _InstanceState, path: str) -> bool:
+        """Whether `path` is a directory in the job's container (it is the job's to make)."""
+        test = ExecRequest(["/bin/sh", "-c", 'test -d "$1"', "sh", path], {}, "/", 30)
+        result = await self.backend.exec(
+            state.job, test, output=lambda stream, line: None, cancel=self.cancel
+        )
+        return result.exit_code == 0
+
+    async def _checkout(
+        self, plan: checkout.CheckoutPlan, state: _InstanceState, request: ExecRequest, output: OutputSink
+    ) -> ExecResult:
+        """Fetch on the host, then the `.git` into the container and the files checked out there."""
+        notes: list[str] = []
+        try:
+            async with asyncio.timeout(request.timeout):
+                fetched = await self.fetcher.fetch(
+                    url=plan.url, target=plan.target, depth=plan.depth, log=notes
+                )
+                for line in notes:
+                    output("stdout", line)
+                archive = self.scratch / f"git-{uuid.uuid4().hex}.tar"
+                try:
+                    if "git" in state.job.commands:
+                        await asyncio.to_thread(
+                            fetch.tar_git_dir, fetched.git_dir, into=plan.dest, out=archive
+                        )
+                    else:
+                        output("stdout", "the job's image has no git: the files are copied without .git")
+                        await fetch.archive_files(fetched, into=plan.dest, out=archive)
+                    await self.backend.put_tar(state.job, archive)
+                finally:
+                    archive.unlink(missing_ok=True)
+        except fetch.FetchError as exc:
+            for line in notes:
+                output("stdout", line)
+            for line in str(exc).splitlines():
+                output("stderr", line)
+            return ExecResult(1)
+        except TimeoutError:
+            return ExecResult(None, timed_out=True)
+        if "git" not in state.job.commands:
+            return ExecResult(0)
+        request.argv = ["/bin/sh", "-c", _PLACE, "checkout", plan.dest, fetched.commit]
+        request.timeout = max(request.timeout - 0, 1.0)
+        return await self.backend.exec(state.job, request, output=output, cancel=self.cancel)
+
+    async def _apply_file_commands(
+        self, files: dict[str, str], state: _InstanceState, outcome: StepOutcome, step_id: int
     ) -> None:
         """What the step wrote to GITHUB_ENV / GITHUB_OUTPUT / GITHUB_PATH takes effect."""
-        for name, value in parse_file_command(
-            _read_limited(files["GITHUB_ENV"], "GITHUB_ENV"), "GITHUB_ENV"
-        ).items():
+        wanted = {name: files[name] for name in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_PATH")}
+        try:
+            raw = await self.backend.read_files(state.job, wanted, limit=MAX_FILE_COMMAND_BYTES)
+        except FileCommandError as exc:
+            raise StepError(str(exc)) from None
+        text = {name: data.decode("utf-8", errors="replace") for name, data in raw.items()}
+        for name, value in parse_file_command(text["GITHUB_ENV"], "GITHUB_ENV").items():
             if PROTECTED_ENV.match(name):
                 self.logs.notice(f"GITHUB_ENV cannot change {name}; ignored", step_id=step_id)
             elif "\0" in name or not name.strip():
                 self.logs.notice(f"GITHUB_ENV: {name!r} is not a variable name; ignored", step_id=step_id)
             else:
                 state.github_env[name] = value
-        outcome.outputs.update(
-            parse_file_command(_read_limited(files["GITHUB_OUTPUT"], "GITHUB_OUTPUT"), "GITHUB_OUTPUT")
-        )
-        for line in _read_limited(files["GITHUB_PATH"], "GITHUB_PATH").splitlines():
+        outcome.outputs.update(parse_file_command(text["GITHUB_OUTPUT"], "GITHUB_OUTPUT"))
+        for line in text["GITHUB_PATH"].splitlines():
             if line.strip():
                 state.path_entries.append(line.strip())
+
+
+@dataclass
+class _StepRequest:
+    exec: ExecRequest
+    script: tuple[str, str] | None = None  # (path in the container, content)
+    directory: str | None = None  # a working-directory as written, checked before the step runs
 
 
 @dataclass
@@ -701,6 +901,7 @@ class _InstanceState:
     minutes: float
     status: _JobStatus
     defaults: RunDefaults  # the job's `defaults.run`, else the workflow's
+    job: EngineJob  # the job's container, in the backend
     github_env: dict[str, str] = field(default_factory=dict)
     path_entries: list[str] = field(default_factory=list)
     steps: dict[str, Any] = field(default_factory=dict)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
+import aiodocker
+
 from app.database import utcnow
+from app.engine.container.backend import LABEL_RUN
 from app.engine.queue import CANCELLED_PENDING, RESTART_ERROR, SHUTDOWN_ERROR
 from app.runs.models import Status
 from app.streams.broker import EVENTS_TOPIC, logs_topic
 from tests.engine.conftest import Harness
+from tests.support.podman import PodmanEngine, touch_in_jobs
 
 SLEEPER = """
 on: workflow_dispatch
@@ -31,14 +34,14 @@ jobs:
 """
 
 
-def gated(release: Path) -> str:
-    """A workflow that waits until the test creates `release` (needs SANDBOX off to see the file)."""
-    return f"""
+RELEASE = "/__w/_temp/release"
+# A workflow that waits until the test creates RELEASE in its container (touch_in_jobs).
+GATED = f"""
 on: workflow_dispatch
 jobs:
   a:
     steps:
-      - run: echo waiting; while [ ! -e {release} ]; do sleep 0.05; done; echo released
+      - run: echo waiting; while [ ! -e {RELEASE} ]; do sleep 0.05; done; echo released
 """
 
 
@@ -129,18 +132,20 @@ async def test_runs_of_another_instance_fail_only_when_its_heartbeat_is_stale(
 
 
 async def test_at_most_max_jobs_runs_execute_at_once_and_the_rest_wait_their_turn(
-    harness: Harness, tmp_path: Path
+    harness: Harness, podman_engine: PodmanEngine
 ) -> None:
-    release = tmp_path / "release"
-    ids = [await harness.add_run(gated(release)) for _ in range(3)]
+    ids = [await harness.add_run(GATED) for _ in range(3)]
     with harness.broker.subscribe(EVENTS_TOPIC) as events:
-        scheduler = await harness.started(max_jobs=2, sandbox="off")
+        scheduler = await harness.started(max_jobs=2)
         await harness.wait_output(ids[0], "waiting")
         await harness.wait_output(ids[1], "waiting")
         await scheduler._tick()  # a claim attempt now must find no free slot
         assert sorted(scheduler.active) == ids[:2]
         assert (await harness.get(ids[2])).status is Status.PENDING
-        release.touch()
+        for run_id in ids[:2]:
+            assert await touch_in_jobs(podman_engine.url, run_id, RELEASE) == 1
+        await harness.wait_output(ids[2], "waiting")
+        assert await touch_in_jobs(podman_engine.url, ids[2], RELEASE) == 1
         for run_id in ids:
             assert (await harness.wait(run_id)).status is Status.SUCCESS
         transitions = [(e["workflowRunId"], e["status"]) for e in events.drain()]
@@ -231,17 +236,26 @@ async def test_log_lines_are_stored_then_published_as_batches_with_their_row_ids
     assert published[-1]["time"].endswith("Z")
 
 
-async def test_workspace_of_a_finished_run_is_deleted(harness: Harness) -> None:
+async def test_a_finished_run_leaves_no_container_network_or_scratch_behind(
+    harness: Harness, podman_engine: PodmanEngine
+) -> None:
     run = await harness.run(
         """
         on: workflow_dispatch
         jobs:
           a:
+            services:
+              side: {image: IMAGE, options: --entrypoint sleep}
             steps:
-              - run: echo "$GITHUB_WORKSPACE"; touch "$GITHUB_WORKSPACE/file"
-        """
+              - run: touch "$GITHUB_WORKSPACE/file"; (setsid sleep 1000 &)
+          b:
+            steps:
+              - run: echo second job
+        """.replace("IMAGE", podman_engine.image)
     )
-    workspace = Path(next(line for line in await harness.output(run.id) if line.startswith("/")))
-    assert str(run.id) in workspace.parts
-    assert not workspace.exists()
-    assert not (harness.tmp_path / "data" / "work" / str(run.id)).exists()
+    assert run.status is Status.SUCCESS, run.error
+    async with aiodocker.Docker(url=podman_engine.url) as docker:
+        label = [f"{LABEL_RUN}={run.id}"]
+        assert await docker.containers.list(all=True, filters={"label": label}) == []
+        assert await docker.networks.list(filters={"label": label}) == []
+    assert not list((harness.tmp_path / "data" / "runs").glob(f"{run.id}-*"))

@@ -392,17 +392,14 @@ async def test_unsupported_action_fails_its_step_naming_the_action(harness: Harn
     assert any("actions/setup-node@v4" in line.content and line.stream == "stderr" for line in lines)
 
 
-async def test_unsupported_features_are_logged_and_the_job_still_runs(harness: Harness) -> None:
+async def test_unsupported_keys_and_runner_labels_are_logged_and_the_job_still_runs(harness: Harness) -> None:
     run = await harness.run(
         """
         on: workflow_dispatch
         concurrency: ci
         jobs:
           a:
-            runs-on: windows-latest
-            container: node:20
-            services:
-              db: {image: postgres}
+            runs-on: [self-hosted, gpu]
             steps:
               - run: echo ran-anyway
         """
@@ -410,12 +407,46 @@ async def test_unsupported_features_are_logged_and_the_job_still_runs(harness: H
     assert run.status is Status.SUCCESS
     output = await harness.output(run.id)
     assert "ran-anyway" in output
+    assert "spindle: a: runs-on gpu is not available here; the job runs in a Linux container" in output
+
+
+async def test_windows_and_macos_jobs_and_matrix_legs_are_not_run_and_do_not_fail_the_run(
+    harness: Harness,
+) -> None:
+    run = await harness.run(
+        """
+        on: workflow_dispatch
+        jobs:
+          win:
+            runs-on: windows-latest
+            steps:
+              - run: echo should-not-run
+          legs:
+            strategy:
+              matrix:
+                os: [ubuntu-latest, macos-14, windows-2022]
+            runs-on: ${{ matrix.os }}
+            steps:
+              - run: echo "leg on ${{ matrix.os }}"
+        """
+    )
+    assert (run.status, run.error) == (Status.SUCCESS, None)
+    output = await harness.output(run.id)
+    assert "should-not-run" not in output
+    assert "leg on ubuntu-latest" in output
+    assert "leg on macos-14" not in output and "leg on windows-2022" not in output
     assert (
-        "spindle: a: runs-on windows-latest is not available here; the job runs on this spindle's Linux host"
+        "spindle: job win not run: it asks for a windows-latest runner, which this spindle does not have"
         in output
     )
-    assert "spindle: a: container: is not supported; steps run on the host" in output
-    assert "spindle: a: services: are not supported; no service containers are started" in output
+    assert (
+        "spindle: job legs (macos-14) not run: it asks for a macos-14 runner, "
+        "which this spindle does not have" in output
+    )
+    assert (
+        "spindle: job legs (windows-2022) not run: it asks for a windows-2022 runner, "
+        "which this spindle does not have" in output
+    )
 
 
 async def test_working_directory_defaults_and_shells(harness: Harness) -> None:
@@ -490,7 +521,7 @@ async def test_standard_github_and_tangled_variables_describe_a_push(harness: Ha
             steps:
               - run: |
                   env | sort
-                  [ "$(dirname "$HOME")" = "$(dirname "$RUNNER_TEMP")" ] && echo home-in-job-dir
+                  test -d "$HOME" && test -w "$RUNNER_TEMP" && test -d "$RUNNER_TOOL_CACHE" && echo dirs-ready
                   test -d "$GITHUB_WORKSPACE" && test "$PWD" = "$GITHUB_WORKSPACE" && echo cwd-is-workspace
                   python3 -c 'import json,os; print("before=" + json.load(open(os.environ[
                     "GITHUB_EVENT_PATH"]))["before"])'
@@ -510,6 +541,12 @@ async def test_standard_github_and_tangled_variables_describe_a_push(harness: Ha
         "GITHUB_REPOSITORY": "did:plc:repoowner0000000000000000/demo",
         "GITHUB_JOB": "vars",
         "RUNNER_OS": "Linux",
+        # GitHub's layout for jobs in containers.
+        "GITHUB_WORKSPACE": "/__w/demo/demo",
+        "RUNNER_TEMP": "/__w/_temp",
+        "RUNNER_TOOL_CACHE": "/__t",
+        "HOME": "/github/home",
+        "GITHUB_EVENT_PATH": "/github/workflow/event.json",
         "TANGLED_REPO_KNOT": "knot.example.com",
         "TANGLED_REPO_NAME": "demo",
         "TANGLED_REF": "refs/heads/main",
@@ -519,7 +556,7 @@ async def test_standard_github_and_tangled_variables_describe_a_push(harness: Ha
     }
     for name, value in expected.items():
         assert f"{name}={value}" in output
-    assert "home-in-job-dir" in output and "cwd-is-workspace" in output
+    assert "dirs-ready" in output and "cwd-is-workspace" in output
     assert "before=" + "b" * 40 in output
 
 

@@ -17,6 +17,7 @@ from tests.hostile.conftest import assert_xrpc_error
 from tests.runs.conftest import CI_YML, Identity, KnotRepo, serve
 from tests.support.knot import TestKnot
 from tests.support.pgserver import PgServer
+from tests.support.podman import touch_in_jobs
 from tests.support.servers import free_port
 
 # What a 503 must not show: the driver, the library, the address of the database.
@@ -131,10 +132,11 @@ async def test_a_run_that_ends_during_an_outage_is_recorded_once_the_database_is
             return "step-started" in (await spindle.client.get(logs_path)).text
 
         await wait_until("the step to start", started)
+        [run_id] = list(scheduler.active)
         await spindle.engine.dispose()
         pg.stop()
-        [workspace] = (settings.data_dir / "work").glob("*/*/workspace")
-        (workspace / "go").touch()
+        assert settings.docker_host is not None
+        assert await touch_in_jobs(settings.docker_host, run_id, "/__w/sleepy/sleepy/go") == 1
 
         async def tried_to_record_the_end() -> bool:
             return bool(finish_attempts)

@@ -21,6 +21,7 @@ from tests.conftest import OWNER_DID
 from tests.runs.conftest import Identity
 from tests.support.knot import TestKnot
 from tests.support.plc import FakePlc
+from tests.support.podman import PodmanEngine
 from tests.support.process import SpindleProcess
 from tests.support.servers import free_port
 
@@ -63,7 +64,7 @@ def status_of(client: httpx.Client, url: str, service: SpindleProcess) -> dict[s
 
 
 def test_queued_and_running_triggers_survive_kill_9_and_a_restart(
-    tmp_path: Path, plc: FakePlc, knot: TestKnot, alice: Identity
+    tmp_path: Path, plc: FakePlc, knot: TestKnot, alice: Identity, podman_engine: PodmanEngine
 ):
     port = free_port()
     hostname = f"127.0.0.1:{port}"
@@ -78,6 +79,7 @@ def test_queued_and_running_triggers_survive_kill_9_and_a_restart(
             "SPINDLE_INSTANCE_ID": "kill9-test",
             "SPINDLE_MAX_JOBS": "1",
             "SPINDLE_LOG_LEVEL": "warning",
+            **podman_engine.env(),
         },
         port=port,
         log=tmp_path / "serve.log",

@@ -97,8 +97,8 @@ def hostile_settings(plc: FakePlc, tmp: Path, port: int, **overrides: Any) -> Se
         "data_dir": tmp / "data",
         "database_url": f"sqlite+aiosqlite:///{tmp / 'spindle.db'}",
         "knot_timeout": 5.0,
-        # Nothing refused here ever runs; the engine stays idle even if something slipped through.
-        "sandbox": "off",
+        # Nothing refused here ever runs: no engine at all (a run that slipped through would fail).
+        "docker_host": f"unix://{tmp}/no-engine.sock",
     }
     values.update(overrides)
     return Settings(**values)

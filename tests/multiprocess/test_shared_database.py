@@ -30,6 +30,7 @@ from tests.runs.conftest import Identity, new_identity
 from tests.support.db import drop_database, new_database
 from tests.support.knot import TestKnot
 from tests.support.plc import FakePlc
+from tests.support.podman import PodmanEngine
 from tests.support.process import SpindleProcess
 from tests.support.servers import free_port
 
@@ -61,7 +62,7 @@ def events_knot(tmp_path: Path) -> Iterator[TestKnot]:
 
 
 async def test_two_processes_on_one_database_run_each_trigger_once(
-    tmp_path: Path, shared_url: str, plc: FakePlc, events_knot: TestKnot
+    tmp_path: Path, shared_url: str, plc: FakePlc, events_knot: TestKnot, podman_engine: PodmanEngine
 ):
     knot = events_knot
     alice: Identity = new_identity(plc)
@@ -82,6 +83,7 @@ async def test_two_processes_on_one_database_run_each_trigger_once(
                 "SPINDLE_INSTANCE_ID": name,
                 "SPINDLE_MAX_JOBS": "2",
                 "SPINDLE_LOG_LEVEL": "warning",
+                **podman_engine.env(),
             },
             port=free_port(),
             log=tmp_path / f"serve-{name}.log",

@@ -23,16 +23,18 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiodocker
 import pytest
 
 from app.config import Settings
 from app.engine.container import engine, images
+from app.engine.container.backend import LABEL_ROLE, LABEL_RUN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TEST_IMAGE = images.DebianImage(
-    "localhost/spindle-test", ("bash", "coreutils", "git", "ca-certificates", "python3-minimal", "procps")
+    "localhost/spindle-test", ("bash", "coreutils", "git", "ca-certificates", "python3", "procps")
 )
 START_TIMEOUT = 120.0  # a safety net against hangs, not a timing assertion
 BUILD_TIMEOUT = 600.0
@@ -52,6 +54,10 @@ class PodmanEngine:
     def url(self) -> str:
         assert self.handle is not None
         return self.handle.url
+
+    def env(self) -> dict[str, str]:
+        """The variables that point a `spindle serve` subprocess at this engine and image."""
+        return {"SPINDLE_DOCKER_HOST": self.url, "SPINDLE_RUNNER_IMAGE": self.image}
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = START_TIMEOUT) -> T:
         """Run a coroutine on the engine's loop (where `handle.docker` lives) and wait for it."""
@@ -76,6 +82,20 @@ class PodmanEngine:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
         self.loop.close()
+
+
+async def touch_in_jobs(url: str, run_id: int, path: str) -> int:
+    """Create `path` inside the job containers of run `run_id` (how a test releases a step that
+    waits for a file: host paths are not visible to jobs); the number of containers touched."""
+    async with aiodocker.Docker(url=url) as docker:
+        label = [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}=job"]
+        containers = await docker.containers.list(filters={"label": label})
+        for container in containers:
+            execution = await container.exec(cmd=["touch", path])
+            async with execution.start(detach=False) as stream:
+                while await stream.read_out() is not None:
+                    pass
+        return len(containers)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import logging
 import re
@@ -36,9 +37,11 @@ from typing import Any
 
 import aiodocker
 from aiodocker.exceptions import DockerError
+from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.engine.backend import (
+    PROBED_COMMANDS,
     EngineUnavailable,
     ExecRequest,
     ExecResult,
@@ -55,6 +58,7 @@ from app.engine.container.options import ContainerOptions, HealthCheck
 
 log = logging.getLogger(__name__)
 
+LABEL_DEPLOYMENT = "dev.spindle.deployment"  # spindles sharing a database share it
 LABEL_INSTANCE = "dev.spindle.instance"
 LABEL_RUN = "dev.spindle.run"
 LABEL_JOB = "dev.spindle.job"
@@ -76,6 +80,12 @@ for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events \
 done 2>/dev/null
 exit 0
 """
+_PROBE_SCRIPT = (
+    r"""
+for c in "$@"; do command -v "$c" >/dev/null 2>&1 && echo "command $c"; done
+"""
+    + _COUNTERS_SCRIPT
+)
 _STAT_SCRIPT = r"""
 for f; do
   if [ -f "$f" ] && [ ! -L "$f" ]; then wc -c < "$f"; else echo -1; fi
@@ -112,13 +122,13 @@ def _tar(files: Mapping[str, bytes], directories: tuple[str, ...] = ()) -> bytes
         for directory in directories:
             info = tarfile.TarInfo(directory.lstrip("/"))
             info.type = tarfile.DIRTYPE
-            info.mode = 0o777 if "/_temp" in directory else 0o755
+            info.mode = 0o777  # a job running as another user (options: --user) writes here too
             info.mtime = now
             archive.addfile(info)
         for path, data in files.items():
             info = tarfile.TarInfo(path.lstrip("/"))
             info.size = len(data)
-            info.mode = 0o755
+            info.mode = 0o777
             info.mtime = now
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
@@ -153,6 +163,12 @@ class _Lines:
         self.output(self.stream, raw.rstrip(b"\r").decode("utf-8", errors="replace"))
 
 
+def deployment_id(settings: Settings) -> str:
+    """What the containers of spindles sharing one database have in common: a digest of it."""
+    url = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
 Connect = Callable[[Settings], Awaitable[tuple[aiodocker.Docker, Callable[[], Awaitable[None]]]]]
 
 
@@ -166,9 +182,12 @@ async def _default_connect(settings: Settings) -> tuple[aiodocker.Docker, Callab
 class ContainerBackend:
     name = "container"
 
-    def __init__(self, *, settings: Settings, instance_id: str, connect: Connect | None = None) -> None:
+    def __init__(
+        self, *, settings: Settings, instance_id: str, deployment: str, connect: Connect | None = None
+    ) -> None:
         self.settings = settings
         self.instance_id = instance_id
+        self.deployment = deployment
         self._connect = connect or _default_connect
         self._closer: Callable[[], Awaitable[None]] | None = None
         self.docker: aiodocker.Docker | None = None
@@ -246,6 +265,7 @@ class ContainerBackend:
 
     def _labels(self, spec: JobSpec, role: str) -> dict[str, str]:
         return {
+            LABEL_DEPLOYMENT: self.deployment,
             LABEL_INSTANCE: self.instance_id,
             LABEL_RUN: str(spec.run_id),
             LABEL_JOB: spec.job_key,
@@ -283,7 +303,7 @@ class ContainerBackend:
             for service in spec.services:
                 job.services[service.id] = await self._start_service(job, service)
             await self.put_files(job, {}, directories=spec.directories)
-            job.counters = await self._counters(job)
+            await self._probe(job, container)
             job.watch = asyncio.create_task(self._watch_disk(job), name=f"disk watch {name}")
             for service in spec.services:
                 if service.options.health is not None:
@@ -394,7 +414,7 @@ class ContainerBackend:
                     f"service {service.id} exited with code {state.get('ExitCode')} before it was healthy"
                     + (f"; its last output:\n{logs}" if logs else "")
                 )
-            code = await self._probe(container.id, check)
+            code = await self._health_probe(container.id, check)
             if code == 0:
                 progress(f"service {service.id} is healthy")
                 return
@@ -408,7 +428,7 @@ class ContainerBackend:
                     )
             await asyncio.sleep(min(check.interval, 5.0) if failures == 0 else check.interval)
 
-    async def _probe(self, container_id: str, check: HealthCheck) -> int | None:
+    async def _health_probe(self, container_id: str, check: HealthCheck) -> int | None:
         container = self._docker.containers.container(container_id)
         try:
             execution = await container.exec(cmd=["/bin/sh", "-c", check.cmd], stdout=True, stderr=True)
@@ -562,11 +582,38 @@ class ContainerBackend:
                     while await stream.read_out() is not None:
                         pass
 
+    async def _probe(self, job: Job, container: Any) -> None:
+        """The container's environment, the commands its image has, the cgroup counters' start."""
+        info = await container.show()
+        job.env = dict(
+            item.partition("=")[::2] for item in (info.get("Config", {}).get("Env") or []) if "=" in item
+        )
+        try:
+            text = (
+                await self._capture(
+                    job, ["/bin/sh", "-c", _PROBE_SCRIPT, "sh", *PROBED_COMMANDS], limit=16384
+                )
+            ).decode(errors="replace")
+        except FileCommandError as exc:
+            raise JobSetupError(f"the job's image {job.spec.image} cannot run commands: {exc}") from None
+        job.commands = frozenset(
+            line.split()[1]
+            for line in text.splitlines()
+            if line.startswith("command ") and len(line.split()) == 2
+        )
+        if "sh" not in job.commands:
+            raise JobSetupError(f"the job's image {job.spec.image} has no /bin/sh: steps need a shell")
+        job.counters = self._parse_counters(text)
+
     async def _counters(self, job: Job) -> dict[str, int]:
         try:
             text = (await self._capture(job, ["/bin/sh", "-c", _COUNTERS_SCRIPT], limit=8192)).decode()
         except FileCommandError:
             return {}
+        return self._parse_counters(text)
+
+    @staticmethod
+    def _parse_counters(text: str) -> dict[str, int]:
         counters: dict[str, int] = {}
         for line in text.splitlines():
             parts = line.split()
@@ -638,7 +685,7 @@ class ContainerBackend:
 
     async def reap(self, *, keep: Callable[[int], bool]) -> int:
         docker = self._docker
-        label = f"{LABEL_INSTANCE}={self.instance_id}"
+        label = f"{LABEL_DEPLOYMENT}={self.deployment}"
         containers = await docker.containers.list(all=True, filters={"label": [label]})
         removed = 0
         networks: set[str] = set()

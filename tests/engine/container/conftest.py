@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 import aiodocker
 import pytest
 
-from tests.support.podman import PodmanEngine, podman_engine  # noqa: F401  (fixture)
+from tests.support.podman import PodmanEngine
 
 
 @pytest.fixture
-async def docker(podman_engine: PodmanEngine) -> AsyncIterator[aiodocker.Docker]:  # noqa: F811
+async def docker(podman_engine: PodmanEngine) -> AsyncIterator[aiodocker.Docker]:
     async with aiodocker.Docker(url=podman_engine.url) as client:
         yield client

@@ -18,7 +18,7 @@ import pytest
 from app.config import Settings
 from app.engine.backend import ExecRequest, ExecResult, FileCommandError, Job, JobSpec, Limits, ServiceSpec
 from app.engine.container import firewall
-from app.engine.container.backend import LABEL_INSTANCE, ContainerBackend
+from app.engine.container.backend import LABEL_DEPLOYMENT, ContainerBackend
 from app.engine.container.options import parse_options
 from tests.support.nettargets import Targets, net_targets  # noqa: F401  (fixture)
 from tests.support.podman import PodmanEngine
@@ -30,7 +30,9 @@ DIRS = (CMD, "/github/home", "/__w/demo/demo")
 @pytest.fixture
 async def backend(podman_engine: PodmanEngine, tmp_path: Path) -> AsyncIterator[ContainerBackend]:
     settings = Settings(data_dir=tmp_path, docker_host=podman_engine.url, runner_image=podman_engine.image)
-    backend = ContainerBackend(settings=settings, instance_id=f"test-{tmp_path.name[-12:]}")
+    backend = ContainerBackend(
+        settings=settings, instance_id=f"test-{tmp_path.name[-12:]}", deployment=tmp_path.name[-16:]
+    )
     await backend.start()
     backend.check()
     yield backend
@@ -280,7 +282,7 @@ async def test_destroying_a_job_removes_its_containers_network_and_processes(
 
     await backend.destroy_job(job)
 
-    label = f"{LABEL_INSTANCE}={backend.instance_id}"
+    label = f"{LABEL_DEPLOYMENT}={backend.deployment}"
     assert await docker.containers.list(all=True, filters={"label": [label]}) == []
     assert await docker.networks.list(filters={"label": [label]}) == []
     assert not [name for name in firewall.job_bridges() if job.name in name]
@@ -295,7 +297,7 @@ async def test_reap_removes_leftovers_of_runs_no_longer_running(
 
     removed = await backend.reap(keep=lambda run_id: run_id == 5)
 
-    label = f"{LABEL_INSTANCE}={backend.instance_id}"
+    label = f"{LABEL_DEPLOYMENT}={backend.deployment}"
     left = await docker.containers.list(all=True, filters={"label": [label]})
     assert removed == 1
     assert [c.id for c in left] == [kept.container_id]
