@@ -36,6 +36,10 @@ from typing import Any, Protocol
 
 MAX_EXPRESSION_LENGTH = 20_000
 MAX_DEPTH = 50
+# What one function call may build, and what one evaluation may build in all: nested format()
+# calls grow exponentially (an 18 KB expression once asked for 16 billion characters).
+MAX_RESULT_CHARS = 1024 * 1024
+MAX_EVALUATION_CHARS = 16 * 1024 * 1024
 CONTEXT_NAMES = frozenset(
     {"github", "env", "vars", "job", "jobs", "steps", "runner", "secrets", "strategy", "matrix",
      "needs", "inputs"}
@@ -592,6 +596,7 @@ class Evaluation:
 
     contexts: Mapping[str, Any]
     status: StatusFunctions = field(default_factory=_AlwaysSuccess)
+    produced: int = 0  # characters built by function calls so far (bounded by MAX_EVALUATION_CHARS)
 
     def named_value(self, name: str) -> Any:
         if name == "secrets":
@@ -614,7 +619,14 @@ class Evaluation:
         if not low <= len(args) <= high:
             wanted = str(low) if low == high else f"{low} to {high if high < 99 else 'any number of'}"
             raise ExpressionError(f"{name}() takes {wanted} arguments, got {len(args)}")
-        return impl(*[a.evaluate(self) for a in args])
+        result = impl(*[a.evaluate(self) for a in args])
+        if isinstance(result, str):
+            self.produced += len(result)
+            if self.produced > MAX_EVALUATION_CHARS:
+                raise ExpressionError(
+                    f"the expression builds more than {MAX_EVALUATION_CHARS // (1024 * 1024)} MiB of text"
+                )
+        return result
 
 
 def _contains(search: Any, item: Any) -> bool:
@@ -631,11 +643,19 @@ def _ends_with(text: Any, suffix: Any) -> bool:
     return to_string(text).casefold().endswith(to_string(suffix).casefold())
 
 
+def _too_long(name: str) -> ExpressionError:
+    return ExpressionError(f"{name}(): the result is longer than {MAX_RESULT_CHARS // (1024 * 1024)} MiB")
+
+
 def _format(template: Any, *args: Any) -> str:
     text = to_string(template)
+    values = [to_string(arg) for arg in args]
     out: list[str] = []
+    size = 0
     i = 0
     while i < len(text):
+        if size > MAX_RESULT_CHARS:
+            raise _too_long("format")
         char = text[i]
         if char == "{":
             if text.startswith("{{", i):
@@ -648,7 +668,8 @@ def _format(template: Any, *args: Any) -> str:
                 raise ExpressionError(f"format(): invalid placeholder in {text!r}")
             if int(index) >= len(args):
                 raise ExpressionError(f"format(): placeholder {{{index}}} has no argument in {text!r}")
-            out.append(to_string(args[int(index)]))
+            out.append(values[int(index)])
+            size += len(out[-1])
             i = end + 1
         elif char == "}":
             if text.startswith("}}", i):
@@ -658,13 +679,20 @@ def _format(template: Any, *args: Any) -> str:
             raise ExpressionError(f"format(): unbalanced '}}' in {text!r}")
         else:
             out.append(char)
+            size += 1
             i += 1
+    if size > MAX_RESULT_CHARS:
+        raise _too_long("format")
     return "".join(out)
 
 
 def _join(items: Any, separator: Any = ",") -> str:
     if kind(items) == "array":
-        return to_string(separator).join(to_string(item) for item in items)
+        glue = to_string(separator)
+        parts = [to_string(item) for item in items]
+        if sum(map(len, parts)) + len(glue) * max(len(parts) - 1, 0) > MAX_RESULT_CHARS:
+            raise _too_long("join")
+        return glue.join(parts)
     return to_string(items)
 
 

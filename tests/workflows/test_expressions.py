@@ -226,3 +226,29 @@ def test_if_conditions(condition: Any, status: dict[str, bool], expected: bool) 
 def test_numbers_read_as_github_prints_them() -> None:
     assert interpolate("${{ 0.1 }} ${{ 1e21 }} ${{ -0 }}", ev()) == "0.1 1e+21 0"
     assert math.isnan(evaluate("fromJSON('1') == 'x' || NaN", ev()))
+
+
+def test_nested_format_calls_cannot_build_unbounded_text() -> None:
+    # Each level multiplies the text by 16: eight levels would be 2**32 characters.
+    expression = "'x'"
+    for _ in range(8):
+        expression = "format('{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}', " + expression + ")"
+
+    with pytest.raises(ExpressionError, match=r"format\(\): the result is longer than 1 MiB"):
+        evaluate(expression, Evaluation({}))
+
+
+def test_many_large_results_in_one_expression_hit_the_evaluation_budget() -> None:
+    big = "format('{0}{0}{0}{0}{0}{0}{0}{0}', format('{0}{0}{0}{0}{0}{0}{0}{0}', fromJSON(inputs.blob)))"
+    expression = " == ".join([big] * 30)
+
+    with pytest.raises(ExpressionError, match="builds more than 16 MiB of text"):
+        evaluate(expression, Evaluation({"inputs": {"blob": '"' + "y" * 15_000 + '"'}}))
+
+
+def test_join_of_a_huge_array_is_refused() -> None:
+    with pytest.raises(ExpressionError, match=r"join\(\): the result is longer than 1 MiB"):
+        evaluate(
+            "join(fromJSON(inputs.list), inputs.glue)",
+            Evaluation({"inputs": {"list": "[" + ",".join(["1"] * 1000) + "]", "glue": "z" * 2000}}),
+        )
