@@ -168,6 +168,10 @@ def containers_conf(*, runc: bool, root: bool) -> str:
     lines += [
         'cgroup_manager = "cgroupfs"',
         'events_logger = "file"',  # no journald needed
+        # Podman keeps each finished exec session's conmon alive this many seconds (300 by
+        # default) so that its exit code can be read; the spindle reads it at once, and a job
+        # makes several execs per step: hundreds of idle conmons otherwise.
+        "exit_command_delay = 5",
         "",
         "[network]",
         'network_backend = "netavark"',

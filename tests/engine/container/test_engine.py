@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -211,11 +212,15 @@ def test_the_podman_service_dies_with_a_spindle_killed_by_sigkill(tmp_path: Path
         [sys.executable, str(script), str(tmp_path / "data")],
         env={**env, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
+        stderr=(tmp_path / "stderr").open("w"),
         text=True,
         cwd=ROOT,
     )
     try:
         assert spindle.stdout is not None
+        # A safety net against a child that never answers, not a timing assertion.
+        ready, _, _ = select.select([spindle.stdout], [], [], 120)
+        assert ready, f"the child never started Podman:\n{(tmp_path / 'stderr').read_text()}"
         podman = int(spindle.stdout.readline())
         assert Path(f"/proc/{podman}").exists()
     finally:
