@@ -735,6 +735,12 @@ class WorkflowRunner:
                 self.logs.data(f"Error: {exc}", stream="stderr", step_id=step_id)
                 if outcome.outcome == "success":
                     outcome = StepOutcome("failure", error=f"{where}: {exc}", exit_code=result.exit_code)
+            if state.job.limit_hit is not None and outcome.outcome == "success":
+                # A limit the step survived still ends the job: the operator's limits are not advice.
+                self.logs.data(f"Error: {state.job.limit_hit}", stream="stderr", step_id=step_id)
+                outcome = StepOutcome(
+                    "failure", error=f"{where} failed: {state.job.limit_hit}", exit_code=result.exit_code
+                )
         self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)
         return outcome
 

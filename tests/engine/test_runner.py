@@ -41,15 +41,19 @@ def test_rejects_malformed_env_file(text: str, message: str) -> None:
 def test_builds_shell_command_lines_as_github_does(
     shell: str | None, argv: list[str], extension: str
 ) -> None:
-    assert shell_command(shell, path="/usr/bin:/bin") == (argv, extension)
+    assert shell_command(shell, commands=frozenset({"bash", "sh", "python"})) == (argv, extension)
 
 
 def test_python_shell_falls_back_to_python3_when_there_is_no_python() -> None:
-    argv, extension = shell_command("python", path="/nonexistent")
+    argv, extension = shell_command("python", commands=frozenset({"sh", "python3"}))
     assert argv == ["python3", "{0}"] and extension == ".py"
 
 
 @pytest.mark.parametrize(("shell", "message"), [("cmd", "Windows-only"), ("fish", "not supported")])
 def test_rejects_shells_that_cannot_run_here(shell: str, message: str) -> None:
     with pytest.raises(StepError, match=message):
-        shell_command(shell, path="/usr/bin:/bin")
+        shell_command(shell, commands=frozenset({"bash", "sh", "python"}))
+
+
+def test_the_default_shell_is_sh_in_an_image_without_bash() -> None:
+    assert shell_command(None, commands=frozenset({"sh"})) == (["sh", "-e", "{0}"], ".sh")

@@ -7,14 +7,18 @@ after the restart, and each run went through `running` exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+import aiodocker
 import httpx
 import pytest
 
+from app.config import Settings
+from app.engine.container.backend import LABEL_DEPLOYMENT, deployment_id
 from app.engine.queue import RESTART_ERROR
 from app.runs.schemas import TRIGGER_NSID
 from tests.conftest import OWNER_DID
@@ -63,6 +67,18 @@ def status_of(client: httpx.Client, url: str, service: SpindleProcess) -> dict[s
     return response.json()  # type: ignore[no-any-return]
 
 
+def job_containers(url: str, deployment: str) -> list[str]:
+    """Names of the containers of this test's spindle (its deployment) that still exist."""
+
+    async def names() -> list[str]:
+        async with aiodocker.Docker(url=url) as docker:
+            label = [f"{LABEL_DEPLOYMENT}={deployment}"]
+            found = await docker.containers.list(all=True, filters={"label": label})
+            return sorted(c._container["Names"][0] for c in found)
+
+    return asyncio.run(names())
+
+
 def test_queued_and_running_triggers_survive_kill_9_and_a_restart(
     tmp_path: Path, plc: FakePlc, knot: TestKnot, alice: Identity, podman_engine: PodmanEngine
 ):
@@ -84,6 +100,7 @@ def test_queued_and_running_triggers_survive_kill_9_and_a_restart(
         port=port,
         log=tmp_path / "serve.log",
     )
+    deployment = deployment_id(Settings(database_url=service.env["SPINDLE_DATABASE_URL"]))
     git = knot.create_repo(alice.did, "hello")
     slow_sha = git.commit({".github/workflows/slow.yml": SLOW})
     quick_sha = git.commit({".github/workflows/slow.yml": None, ".github/workflows/quick.yml": QUICK})
@@ -121,7 +138,12 @@ def test_queued_and_running_triggers_survive_kill_9_and_a_restart(
             waiting = [status_of(client, q["statusUrl"], service)["status"] for q in queued]
             assert waiting == ["pending", "pending"]
 
+            running = job_containers(podman_engine.url, deployment)
+            assert len(running) == 1, running  # the slow job's container, up while its step sleeps
+
             service.kill9()
+            # Killed, nothing of the spindle runs: the container it left is still there.
+            assert job_containers(podman_engine.url, deployment) == running
             service.start()
 
             finished = [
@@ -139,6 +161,8 @@ def test_queued_and_running_triggers_survive_kill_9_and_a_restart(
     finally:
         service.stop()
 
+    # The restarted spindle removed what the killed one left (the quick runs cleaned up after themselves).
+    assert job_containers(podman_engine.url, deployment) == []
     slow_status, *quick_statuses = finished
     assert (slow_status["status"], slow_status.get("error")) == ("failed", RESTART_ERROR), slow_status
     for status in quick_statuses:

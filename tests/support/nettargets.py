@@ -80,10 +80,23 @@ def _host_address() -> str | None:
     return None if address.startswith(("127.", PUBLIC_NET)) else address
 
 
+def _remove_leftovers() -> None:
+    """What a session killed before its clean-up left: test hosts and links named like ours."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listed.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith("spt-"):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    for name in os.listdir("/sys/class/net"):
+        if name.startswith("sptv"):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def net_targets() -> Iterator[Targets]:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.fail("the network isolation tests need root and iproute2 (CI runs as root)")
+    _remove_leftovers()
     tag = uuid.uuid4().hex[:6]
     netns, outside, inside = f"spt-{tag}", f"sptv{tag}", f"sptw{tag}"
     _ip("netns", "add", netns)
@@ -98,7 +111,7 @@ def net_targets() -> Iterator[Targets]:
         _ip("-n", netns, "link", "set", inside, "up")
         _ip("-n", netns, "link", "set", "lo", "up")
         _ip("-n", netns, "route", "add", "default", "via", f"{PUBLIC_NET}.1")
-        _ip("addr", "add", f"{PRIVATE_ADDRESS}/32", "dev", "lo")
+        _ip("addr", "replace", f"{PRIVATE_ADDRESS}/32", "dev", "lo")
         processes = []
         public, public_port = _listen(f"{PUBLIC_NET}.10", "public", netns=netns)
         private, private_port = _listen(PRIVATE_ADDRESS, "private")

@@ -86,11 +86,14 @@ for c in "$@"; do command -v "$c" >/dev/null 2>&1 && echo "command $c"; done
 """
     + _COUNTERS_SCRIPT
 )
-_STAT_SCRIPT = r"""
+_STAT_SCRIPT = (
+    r"""
 for f; do
   if [ -f "$f" ] && [ ! -L "$f" ]; then wc -c < "$f"; else echo -1; fi
 done 2>/dev/null
 """
+    + _COUNTERS_SCRIPT
+)
 _READ_SCRIPT = 'f=$1; [ -f "$f" ] && [ ! -L "$f" ] || exit 3; exec head -c "$2" -- "$f"'
 # Every process but PID 1 and this script, stopped first so that none forks away, then killed;
 # `kill -KILL -1` would be the short way, but inside an exec session it signals nothing on Podman.
@@ -476,8 +479,13 @@ class ContainerBackend:
         """Regular files only, at most `limit` bytes each: FileCommandError names the first that
         is not. A missing file reads as empty."""
         names = list(paths)
-        stat = await self._capture(job, ["/bin/sh", "-c", _STAT_SCRIPT, "sh", *paths.values()], limit=4096)
-        sizes = stat.split()
+        stat = await self._capture(job, ["/bin/sh", "-c", _STAT_SCRIPT, "sh", *paths.values()], limit=16384)
+        lines = stat.decode(errors="replace").splitlines()
+        sizes = [line.encode() for line in lines[: len(names)]]
+        # The same look tells whether the step ran into a limit, even one it survived.
+        hit = self._limit_hit(job, self._parse_counters("\n".join(lines[len(names) :])))
+        if hit is not None and job.limit_hit is None:
+            job.limit_hit = hit
         result: dict[str, bytes] = {}
         for index, name in enumerate(names):
             size = int(sizes[index]) if index < len(sizes) and sizes[index].lstrip(b"-").isdigit() else -1
@@ -628,7 +636,10 @@ class ContainerBackend:
 
     async def limit_hits(self, job: Job) -> str | None:
         """The memory or process limit, in words, when the job ran into it since the last look."""
-        now = await self._counters(job)
+        return self._limit_hit(job, await self._counters(job))
+
+    @staticmethod
+    def _limit_hit(job: Job, now: dict[str, int]) -> str | None:
         before, job.counters = job.counters, now
         limits = job.spec.limits
         if now.get("memory", 0) > before.get("memory", 0):
