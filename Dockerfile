@@ -10,10 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# git fetches repos and actions; mmdebstrap builds the runner image from Debian packages
+# git fetches repos and actions; mmdebstrap builds the runner image from Debian packages;
+# nft installs the jobs' network policy (docs/execution.md) when the container may (compose below)
 # (`spindle runner-image build`, which needs root and mounts: see docker-compose.yml).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git ca-certificates mmdebstrap \
+    && apt-get install -y --no-install-recommends git ca-certificates mmdebstrap nftables \
     && rm -rf /var/lib/apt/lists/*
 
 # An unprivileged user: the service itself needs no privilege; it reaches the engine's socket
