@@ -283,21 +283,9 @@ class ContainerBackend:
         job = Job(spec=spec, container_id="", name=name)
         self._jobs[name] = job
         try:
-            await self._ensure_image(spec.image, spec.credentials, progress)
-            for service in spec.services:
-                await self._ensure_image(service.image, service.credentials, progress)
-            if spec.network == "filtered":
-                network = await docker.networks.create(
-                    {
-                        "Name": name,
-                        "Driver": "bridge",
-                        "Labels": self._labels(spec, "job"),
-                        "Options": {
-                            "com.docker.network.bridge.name": firewall.BRIDGE_PREFIX + secrets.token_hex(6)
-                        },
-                    }
-                )
-                job.network_id = network.id
+            images = [self._ensure_image(spec.image, spec.credentials, progress)]
+            images += [self._ensure_image(s.image, s.credentials, progress) for s in spec.services]
+            await asyncio.gather(*images, self._create_network(job))
             config = self._job_config(spec, network_mode=name if spec.network == "filtered" else "none")
             container = await docker.containers.create(config, name=name)
             job.container_id = container.id
@@ -315,6 +303,20 @@ class ContainerBackend:
             await self.destroy_job(job)
             raise
         return job
+
+    async def _create_network(self, job: Job) -> None:
+        if job.spec.network != "filtered":
+            return
+        bridge = firewall.BRIDGE_PREFIX + secrets.token_hex(6)
+        network = await self._docker.networks.create(
+            {
+                "Name": job.name,
+                "Driver": "bridge",
+                "Labels": self._labels(job.spec, "job"),
+                "Options": {"com.docker.network.bridge.name": bridge},
+            }
+        )
+        job.network_id = network.id
 
     def _network_guard(self, spec: JobSpec) -> contextlib.AbstractAsyncContextManager[None]:
         if spec.network == "filtered":
@@ -676,17 +678,14 @@ class ContainerBackend:
             job.watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await job.watch
-        ids = [*job.services.values(), job.container_id]
-        for container_id in ids:
-            if container_id:
-                await self._remove_container(container_id)
+        ids = [container_id for container_id in (*job.services.values(), job.container_id) if container_id]
+        await asyncio.gather(*(self._remove_container(container_id) for container_id in ids))
         if job.network_id is not None:
             await self._remove_network(job.network_id)
 
     async def _remove_container(self, container_id: str) -> None:
+        """Killed (SIGKILL, every process in it) and removed with its anonymous volumes."""
         container = self._docker.containers.container(container_id)
-        with contextlib.suppress(DockerError):
-            await container.kill()
         with contextlib.suppress(DockerError):
             await container.delete(force=True, v=True)
 
