@@ -419,6 +419,14 @@ class WorkflowRunner:
             )
             for flag in s_options.ignored:
                 self.logs.notice(f"services.{service_id}.options: {flag} is ignored by this spindle")
+            command = None
+            if service.command:
+                try:
+                    command = tuple(shlex.split(interpolate(service.command, evaluation)))
+                except ValueError as exc:
+                    raise StepError(f"services.{service_id}.command: {exc}") from None
+            if service.entrypoint:
+                s_options.entrypoint = interpolate(service.entrypoint, evaluation)
             services.append(
                 ServiceSpec(
                     id=service_id,
@@ -427,6 +435,7 @@ class WorkflowRunner:
                     options=s_options,
                     ports=service.ports,
                     credentials=s_credentials,
+                    command=command,
                 )
             )
         return JobSpec(

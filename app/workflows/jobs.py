@@ -89,6 +89,9 @@ class Container:
     ports: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     options: str | None = None
+    # A service's `command` and `entrypoint` (GitHub's overrides of the image's CMD and ENTRYPOINT).
+    command: str | None = None
+    entrypoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,8 @@ def _container(value: Any, where: str) -> Container:
         ports=_strings(data.get("ports"), f"{where}.ports"),
         volumes=_strings(data.get("volumes"), f"{where}.volumes"),
         options=_optional_str(data.get("options"), f"{where}.options"),
+        command=_optional_str(data.get("command"), f"{where}.command"),
+        entrypoint=_optional_str(data.get("entrypoint"), f"{where}.entrypoint"),
     )
 
 
