@@ -97,6 +97,8 @@ class Scheduler:
             settings=settings, instance_id=self.instance_id, deployment=deployment_id(settings)
         )
         self._image: asyncio.Task[None] | None = None
+        # Job containers running at once in this process, across all its runs (SPINDLE_MAX_JOBS).
+        self.job_slots = asyncio.Semaphore(settings.max_jobs)
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
@@ -367,6 +369,7 @@ class Scheduler:
                 cancel=active.cancel,
                 settings=self.settings,
                 scratch=self.settings.data_dir / "runs" / f"{spec.run_id}-{self.instance_id}",
+                job_slots=self.job_slots,
             )
             outcome = await runner.run(spec)
         except Exception as exc:

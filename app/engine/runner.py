@@ -14,12 +14,14 @@ order; a failed step fails the job unless `continue-on-error`, later steps run o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import posixpath
 import re
 import shlex
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,6 +213,26 @@ git -c safe.directory='*' log -1 --format='HEAD is now at %h %s'
 """
 
 
+@contextlib.asynccontextmanager
+async def _either(first: asyncio.Event, second: asyncio.Event | None) -> AsyncIterator[asyncio.Event]:
+    """An event set as soon as either one is (the run's cancel, a matrix leg's fail-fast stop)."""
+    if second is None:
+        yield first
+        return
+    both = asyncio.Event()
+
+    async def watch(event: asyncio.Event) -> None:
+        await event.wait()
+        both.set()
+
+    watchers = [asyncio.create_task(watch(first)), asyncio.create_task(watch(second))]
+    try:
+        yield both
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+
+
 def _container_port(mapping: str) -> str:
     """`8080:80/tcp`, `127.0.0.1:8080:80`, `5432` → the container's port (`80`, `80`, `5432`)."""
     return mapping.rsplit(":", 1)[-1].split("/", 1)[0]
@@ -230,7 +252,14 @@ class WorkflowRunner:
     end. Nothing a job controls is ever written there."""
 
     def __init__(
-        self, *, backend: Backend, logs: LogSink, cancel: asyncio.Event, settings: Settings, scratch: Path
+        self,
+        *,
+        backend: Backend,
+        logs: LogSink,
+        cancel: asyncio.Event,
+        settings: Settings,
+        scratch: Path,
+        job_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.backend = backend
         self.logs = logs
@@ -238,6 +267,8 @@ class WorkflowRunner:
         self.settings = settings
         self.scratch = scratch
         self.fetcher = fetch.Fetcher(scratch)
+        # Containers running at once, shared by every run of the process (SPINDLE_MAX_JOBS).
+        self.job_slots = job_slots or asyncio.Semaphore(settings.max_jobs)
         self.step_counter = 0
         self.instance_counter = 0
         self.interrupted = False  # cancel stopped or skipped some work
@@ -261,19 +292,12 @@ class WorkflowRunner:
         for key in workflow.definition.ignored:
             self.logs.notice(f"the workflow key {key!r} is not supported by this spindle and is ignored")
         results: dict[str, JobResult] = {}
-        first_failure: Failure | None = None
         try:
-            for job_id in order:
-                if self.cancel.is_set():
-                    self.interrupted = True
-                    results[job_id] = JobResult("cancelled")
-                    continue
-                result = await self._run_job(spec, workflow, workflow.jobs[job_id], results)
-                results[job_id] = result
-                if result.failure is not None and first_failure is None:
-                    first_failure = result.failure
+            await self._run_jobs(spec, workflow, order, results)
         finally:
             await asyncio.to_thread(shutil.rmtree, self.scratch, True)
+        # The first failure in the workflow's job order, whatever order the jobs finished in.
+        first_failure = next((results[j].failure for j in order if results[j].failure is not None), None)
         if self.cancel.is_set() and self.interrupted:
             self.logs.notice("the run was cancelled")
             return RunOutcome(Status.CANCELLED, "the run was cancelled")
@@ -282,6 +306,34 @@ class WorkflowRunner:
         return RunOutcome(Status.SUCCESS)
 
     # -- jobs ------------------------------------------------------------------------------------
+
+    async def _run_jobs(
+        self, spec: RunSpec, workflow: Workflow, order: list[str], results: dict[str, JobResult]
+    ) -> None:
+        """Every job, each started as soon as the jobs it needs have finished: independent jobs
+        run at the same time (the process-wide job slots bound how many containers run)."""
+        waiting = list(order)
+        running: dict[asyncio.Task[JobResult], str] = {}
+        try:
+            while waiting or running:
+                for job_id in [j for j in waiting if all(n in results for n in workflow.jobs[j].needs)]:
+                    waiting.remove(job_id)
+                    if self.cancel.is_set():
+                        self.interrupted = True
+                        results[job_id] = JobResult("cancelled")
+                        continue
+                    task = asyncio.create_task(self._run_job(spec, workflow, workflow.jobs[job_id], results))
+                    running[task] = job_id
+                if not running:
+                    continue
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    results[running.pop(task)] = task.result()
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
     @staticmethod
     def _ancestors(workflow: Workflow, job: Job) -> list[str]:
@@ -335,32 +387,49 @@ class WorkflowRunner:
         except (ExpressionError, WorkflowError) as exc:
             return self._job_failure(f"job '{job.id}': {exc}")
 
-        instances: list[JobResult] = []
-        stop_reason: str | None = None
-        for index, combination in enumerate(combinations):
-            if self.cancel.is_set():
-                self.interrupted = True
-                instances.append(JobResult("cancelled"))
-                continue
-            if stop_reason is not None:
-                self.logs.notice(f"{instance_name(job.id, combination)} not run: {stop_reason}")
-                instances.append(JobResult("cancelled"))
-                continue
-            strategy = {
-                "fail-fast": fail_fast,
-                "job-index": index,
-                "job-total": len(combinations),
-                "max-parallel": len(combinations),
-            }
-            result = await self._run_instance(spec, workflow, job, base, combination, strategy)
-            instances.append(result)
-            if (
-                result.result == "failure"
-                and result.failure is not None
-                and fail_fast
-                and len(combinations) > 1
-            ):
-                stop_reason = "fail-fast: another combination of this job failed"
+        try:
+            raw_parallel = (
+                evaluate_value(job.strategy.max_parallel, Evaluation(base)) if job.strategy else None
+            )
+            max_parallel = (
+                int(to_number(raw_parallel)) if raw_parallel not in (None, "") else len(combinations)
+            )
+        except ExpressionError as exc:
+            return self._job_failure(f"job '{job.id}': strategy.max-parallel: {exc}")
+        if max_parallel < 1:
+            return self._job_failure(f"job '{job.id}': strategy.max-parallel must be at least 1")
+        legs = asyncio.Semaphore(max_parallel)
+        # fail-fast: the first failing leg stops the others, running or not yet started.
+        stop = asyncio.Event()
+
+        async def leg(index: int, combination: dict[str, Any]) -> JobResult:
+            async with legs:
+                if self.cancel.is_set():
+                    self.interrupted = True
+                    return JobResult("cancelled")
+                if stop.is_set():
+                    reason = "fail-fast: another combination of this job failed"
+                    self.logs.notice(f"{instance_name(job.id, combination)} not run: {reason}")
+                    return JobResult("cancelled")
+                strategy = {
+                    "fail-fast": fail_fast,
+                    "job-index": index,
+                    "job-total": len(combinations),
+                    "max-parallel": max_parallel,
+                }
+                result = await self._run_instance(
+                    spec, workflow, job, base, combination, strategy, stop=stop if fail_fast else None
+                )
+                if (
+                    result.result == "failure"
+                    and result.failure is not None
+                    and fail_fast
+                    and len(combinations) > 1
+                ):
+                    stop.set()
+                return result
+
+        instances = list(await asyncio.gather(*(leg(i, c) for i, c in enumerate(combinations))))
         failures = [r for r in instances if r.result == "failure" and r.failure is not None]
         outputs: dict[str, str] = {}
         for instance in instances:
@@ -479,6 +548,8 @@ class WorkflowRunner:
         base: dict[str, Any],
         combination: dict[str, Any],
         strategy: dict[str, Any],
+        *,
+        stop: asyncio.Event | None = None,
     ) -> JobResult:
         self.instance_counter += 1
         key = f"{self.instance_counter:03d}-{job.id}"
@@ -522,17 +593,20 @@ class WorkflowRunner:
             container = self._container_spec(spec, job, evaluation, key, workspace)
         except (ExpressionError, StepError) as exc:
             return self._job_failure(f"job '{name}': {exc}")
-        try:
-            engine_job = await self.backend.setup_job(container, progress=self.logs.notice)
-        except (JobSetupError, EngineUnavailable) as exc:
-            return self._job_failure(f"job '{name}': {exc}")
-        try:
-            return await self._run_steps(
-                spec, job, ctx, name, workspace, github, minutes, allow_failure, engine_job,
-                defaults=job.defaults.over(workflow.definition.defaults),
-            )  # fmt: skip
-        finally:
-            await self.backend.destroy_job(engine_job)
+        async with self.job_slots, _either(self.cancel, stop) as cancel:
+            if cancel.is_set():
+                return JobResult("cancelled")
+            try:
+                engine_job = await self.backend.setup_job(container, progress=self.logs.notice)
+            except (JobSetupError, EngineUnavailable) as exc:
+                return self._job_failure(f"job '{name}': {exc}")
+            try:
+                return await self._run_steps(
+                    spec, job, ctx, name, workspace, github, minutes, allow_failure, engine_job,
+                    defaults=job.defaults.over(workflow.definition.defaults), cancel=cancel,
+                )  # fmt: skip
+            finally:
+                await self.backend.destroy_job(engine_job)
 
     async def _run_steps(
         self,
@@ -547,6 +621,7 @@ class WorkflowRunner:
         engine_job: EngineJob,
         *,
         defaults: RunDefaults,
+        cancel: asyncio.Event,
     ) -> JobResult:
         await self.backend.put_files(
             engine_job, {workspace.event_path: json.dumps(spec.event_payload(), indent=2).encode()}
@@ -572,13 +647,14 @@ class WorkflowRunner:
             env=ctx["env"],
             deadline=asyncio.get_running_loop().time() + minutes * 60,
             minutes=minutes,
-            status=_JobStatus(self.cancel),
+            status=_JobStatus(cancel),
             defaults=defaults,
             job=engine_job,
+            cancel=cancel,
         )
         for step in job.steps:
-            if self.cancel.is_set():
-                self.interrupted = True
+            if cancel.is_set():
+                self.interrupted = self.interrupted or self.cancel.is_set()
                 break
             ctx["steps"] = state.steps
             ctx["job"] = {**ctx["job"], "status": "failure" if state.status.failed else "success"}
@@ -587,7 +663,7 @@ class WorkflowRunner:
             if outcome is None:
                 continue
             if outcome.outcome == "cancelled":
-                self.interrupted = True
+                self.interrupted = self.interrupted or self.cancel.is_set()
                 break
             if outcome.job_timed_out:
                 break
@@ -599,7 +675,7 @@ class WorkflowRunner:
                 outputs[key] = interpolate(template, Evaluation(ctx))
             except ExpressionError as exc:
                 self.logs.notice(f"job '{name}': outputs.{key}: {exc}")
-        if self.cancel.is_set() and self.interrupted:
+        if cancel.is_set() and (self.interrupted or not self.cancel.is_set()):
             return JobResult("cancelled", outputs)
         if state.status.failed:
             if allow_failure:
@@ -704,7 +780,7 @@ class WorkflowRunner:
         if plan is not None:
             result = await self._checkout(plan, state, request.exec, output)
         else:
-            result = await self.backend.exec(state.job, request.exec, output=output, cancel=self.cancel)
+            result = await self.backend.exec(state.job, request.exec, output=output, cancel=state.cancel)
         if result.error and not result.limit:
             self.logs.data(f"Error: {result.error}", stream="stderr", step_id=step_id)
         outcome = StepOutcome("success", exit_code=result.exit_code)
@@ -832,7 +908,7 @@ class WorkflowRunner:
         """Whether `path` is a directory in the job's container (it is the job's to make)."""
         test = ExecRequest(["/bin/sh", "-c", 'test -d "$1"', "sh", path], {}, "/", 30)
         result = await self.backend.exec(
-            state.job, test, output=lambda stream, line: None, cancel=self.cancel
+            state.job, test, output=lambda stream, line: None, cancel=state.cancel
         )
         return result.exit_code == 0
 
@@ -872,7 +948,7 @@ class WorkflowRunner:
             return ExecResult(0)
         request.argv = ["/bin/sh", "-c", _PLACE, "checkout", plan.dest, fetched.commit]
         request.timeout = max(request.timeout - 0, 1.0)
-        return await self.backend.exec(state.job, request, output=output, cancel=self.cancel)
+        return await self.backend.exec(state.job, request, output=output, cancel=state.cancel)
 
     async def _apply_file_commands(
         self, files: dict[str, str], state: _InstanceState, outcome: StepOutcome, step_id: int
@@ -917,6 +993,7 @@ class _InstanceState:
     status: _JobStatus
     defaults: RunDefaults  # the job's `defaults.run`, else the workflow's
     job: EngineJob  # the job's container, in the backend
+    cancel: asyncio.Event  # the run's cancel, or fail-fast stopping this matrix leg
     github_env: dict[str, str] = field(default_factory=dict)
     path_entries: list[str] = field(default_factory=list)
     steps: dict[str, Any] = field(default_factory=dict)

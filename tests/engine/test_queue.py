@@ -9,7 +9,7 @@ from typing import Any
 import aiodocker
 
 from app.database import utcnow
-from app.engine.container.backend import LABEL_RUN
+from app.engine.container.backend import LABEL_DEPLOYMENT, LABEL_RUN, deployment_id
 from app.engine.queue import CANCELLED_PENDING, RESTART_ERROR, SHUTDOWN_ERROR
 from app.runs.models import Status
 from app.streams.broker import EVENTS_TOPIC, logs_topic
@@ -135,6 +135,7 @@ async def test_at_most_max_jobs_runs_execute_at_once_and_the_rest_wait_their_tur
     harness: Harness, podman_engine: PodmanEngine
 ) -> None:
     ids = [await harness.add_run(GATED) for _ in range(3)]
+    deployment = deployment_id(harness.settings())
     with harness.broker.subscribe(EVENTS_TOPIC) as events:
         scheduler = await harness.started(max_jobs=2)
         await harness.wait_output(ids[0], "waiting")
@@ -143,9 +144,9 @@ async def test_at_most_max_jobs_runs_execute_at_once_and_the_rest_wait_their_tur
         assert sorted(scheduler.active) == ids[:2]
         assert (await harness.get(ids[2])).status is Status.PENDING
         for run_id in ids[:2]:
-            assert await touch_in_jobs(podman_engine.url, run_id, RELEASE) == 1
+            assert await touch_in_jobs(podman_engine.url, run_id, RELEASE, deployment=deployment) == 1
         await harness.wait_output(ids[2], "waiting")
-        assert await touch_in_jobs(podman_engine.url, ids[2], RELEASE) == 1
+        assert await touch_in_jobs(podman_engine.url, ids[2], RELEASE, deployment=deployment) == 1
         for run_id in ids:
             assert (await harness.wait(run_id)).status is Status.SUCCESS
         transitions = [(e["workflowRunId"], e["status"]) for e in events.drain()]
@@ -255,7 +256,41 @@ async def test_a_finished_run_leaves_no_container_network_or_scratch_behind(
     )
     assert run.status is Status.SUCCESS, run.error
     async with aiodocker.Docker(url=podman_engine.url) as docker:
-        label = [f"{LABEL_RUN}={run.id}"]
+        deployment = deployment_id(harness.settings())
+        label = [f"{LABEL_RUN}={run.id}", f"{LABEL_DEPLOYMENT}={deployment}"]
         assert await docker.containers.list(all=True, filters={"label": label}) == []
         assert await docker.networks.list(filters={"label": label}) == []
     assert not list((harness.tmp_path / "data" / "runs").glob(f"{run.id}-*"))
+
+
+async def test_independent_jobs_of_a_run_run_at_the_same_time(
+    harness: Harness, podman_engine: PodmanEngine
+) -> None:
+    # Both jobs wait for RELEASE in their own container: the test releases them only once both
+    # have said "waiting", which they can do only if they run at the same time.
+    run_id = await harness.add_run(
+        f"""
+        on: workflow_dispatch
+        jobs:
+          first:
+            steps:
+              - run: echo waiting-first; while [ ! -e {RELEASE} ]; do sleep 0.05; done
+          second:
+            steps:
+              - run: echo waiting-second; while [ ! -e {RELEASE} ]; do sleep 0.05; done
+          after:
+            needs: [first, second]
+            steps:
+              - run: echo after-both
+        """
+    )
+    await harness.started(max_jobs=2)
+    await harness.wait_output(run_id, "waiting-first")
+    await harness.wait_output(run_id, "waiting-second")
+    output = await harness.output(run_id)
+    assert "after-both" not in output
+    deployment = deployment_id(harness.settings())
+    assert await touch_in_jobs(podman_engine.url, run_id, RELEASE, deployment=deployment) == 2
+    run = await harness.wait(run_id)
+    assert run.status is Status.SUCCESS, run.error
+    assert "after-both" in await harness.output(run_id)

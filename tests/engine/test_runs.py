@@ -149,7 +149,8 @@ async def test_matrix_runs_each_combination_of_include_and_exclude_as_a_named_in
     )
     assert run.status is Status.SUCCESS
     output = await harness.output(run.id)
-    combos = [line for line in output if line.startswith("combo")]
+    # Legs run at the same time: their lines come in any order, each with its own index.
+    combos = sorted(line for line in output if line.startswith("combo"))
     assert combos == [
         "combo 3.11/linux/yes-linux index=0",
         "combo 3.12/linux/yes-linux index=1",
@@ -172,6 +173,7 @@ async def test_fail_fast_stops_remaining_combinations_and_fail_fast_false_runs_t
           t:
             strategy:
               fail-fast: {fail_fast}
+              max-parallel: 1
               matrix:
                 n: [1, 2, 3]
             steps:
@@ -190,6 +192,29 @@ async def test_fail_fast_stops_remaining_combinations_and_fail_fast_false_runs_t
     label = 'Run echo "n=${{ matrix.n }}"; test ${{ matrix.n }} != 1'
     assert slow.error == f"step '{label}' of job 't (1)' failed with exit code 1"
     assert [line for line in await harness.output(slow.id) if line.startswith("n=")] == ["n=1", "n=2", "n=3"]
+
+
+async def test_fail_fast_stops_legs_that_are_already_running(harness: Harness) -> None:
+    run = await harness.run(
+        """
+        on: workflow_dispatch
+        jobs:
+          t:
+            strategy:
+              matrix:
+                n: [1, 2]
+            steps:
+              - run: |
+                  if [ ${{ matrix.n }} = 1 ]; then sleep 1000; fi
+                  echo "started ${{ matrix.n }}"
+                  [ ${{ matrix.n }} = 1 ] || exit 7
+        """
+    )
+    output = await harness.output(run.id)
+    # Leg 2 fails at once; leg 1, which would sleep for 1000 s, is stopped: the run ends failed.
+    assert run.status is Status.FAILED and run.exit_code == 7, run.error
+    assert "started 2" in output and "started 1" not in output
+    assert "Error: the step was cancelled" in output
 
 
 async def test_outputs_pass_between_steps_and_between_jobs(harness: Harness) -> None:

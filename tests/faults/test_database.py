@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.engine.container.backend import deployment_id
 from app.runs.models import Pipeline
 from tests.hostile.conftest import assert_xrpc_error
 from tests.runs.conftest import CI_YML, Identity, KnotRepo, serve
@@ -136,7 +137,12 @@ async def test_a_run_that_ends_during_an_outage_is_recorded_once_the_database_is
         await spindle.engine.dispose()
         pg.stop()
         assert settings.docker_host is not None
-        assert await touch_in_jobs(settings.docker_host, run_id, "/__w/sleepy/sleepy/go") == 1
+        assert (
+            await touch_in_jobs(
+                settings.docker_host, run_id, "/__w/sleepy/sleepy/go", deployment=deployment_id(settings)
+            )
+            == 1
+        )
 
         async def tried_to_record_the_end() -> bool:
             return bool(finish_attempts)

@@ -28,7 +28,7 @@ import pytest
 
 from app.config import Settings
 from app.engine.container import engine, images
-from app.engine.container.backend import LABEL_ROLE, LABEL_RUN
+from app.engine.container.backend import LABEL_DEPLOYMENT, LABEL_ROLE, LABEL_RUN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,11 +84,13 @@ class PodmanEngine:
         self.loop.close()
 
 
-async def touch_in_jobs(url: str, run_id: int, path: str) -> int:
+async def touch_in_jobs(url: str, run_id: int, path: str, *, deployment: str | None = None) -> int:
     """Create `path` inside the job containers of run `run_id` (how a test releases a step that
     waits for a file: host paths are not visible to jobs); the number of containers touched."""
     async with aiodocker.Docker(url=url) as docker:
         label = [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}=job"]
+        if deployment is not None:
+            label.append(f"{LABEL_DEPLOYMENT}={deployment}")
         containers = await docker.containers.list(filters={"label": label})
         for container in containers:
             execution = await container.exec(cmd=["touch", path])

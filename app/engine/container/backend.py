@@ -678,8 +678,13 @@ class ContainerBackend:
             job.watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await job.watch
-        ids = [container_id for container_id in (*job.services.values(), job.container_id) if container_id]
-        await asyncio.gather(*(self._remove_container(container_id) for container_id in ids))
+        # Services first: they share the job container's namespaces, and an engine refuses to
+        # remove a container others depend on.
+        await asyncio.gather(
+            *(self._remove_container(container_id) for container_id in job.services.values())
+        )
+        if job.container_id:
+            await self._remove_container(job.container_id)
         if job.network_id is not None:
             await self._remove_network(job.network_id)
 
