@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.engine import checkout, fetch
+from app.engine import checkout, fetch, hashfiles
 from app.engine.backend import (
     Backend,
     EngineUnavailable,
@@ -67,6 +67,7 @@ ACCEPTED_RUNNERS = re.compile(r"^(ubuntu(-.*)?|self-hosted|linux|x64|arm64)$", r
 # does not fail the run (its log line names the runner).
 OTHER_OS_RUNNERS = re.compile(r"^(windows|macos|macOS|win)(-.*)?$", re.IGNORECASE)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HASH_FILES_TIMEOUT = 120.0
 FILE_COMMANDS = ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_PATH", "GITHUB_STEP_SUMMARY", "GITHUB_STATE")
 PROTECTED_ENV = re.compile(r"^(GITHUB_|RUNNER_)")
 SHELLS = {
@@ -231,6 +232,12 @@ async def _either(first: asyncio.Event, second: asyncio.Event | None) -> AsyncIt
     finally:
         for watcher in watchers:
             watcher.cancel()
+
+
+def _calls_hash_files(step: Step) -> bool:
+    values = [step.name, step.run, step.shell, step.working_directory, step.if_, *step.env.values()]
+    values += list(step.with_.values())
+    return any(isinstance(v, str) and "hashfiles(" in v.lower() for v in values)
 
 
 def _container_port(mapping: str) -> str:
@@ -690,7 +697,10 @@ class WorkflowRunner:
         self, spec: RunSpec, step: Step, ctx: dict[str, Any], state: _InstanceState
     ) -> StepOutcome | None:
         """Decide whether `step` runs, run it, record its outcome; None when it was skipped."""
-        evaluation = Evaluation(ctx, state.status)
+        state.hashes = {}
+        if _calls_hash_files(step):
+            await self._prime_hashes(step, ctx, state)
+        evaluation = Evaluation(ctx, state.status, hash_files=state.hash_of)
         try:
             display = interpolate(step.name, evaluation) if step.name else _step_label(step)
         except ExpressionError:
@@ -852,10 +862,12 @@ class WorkflowRunner:
         step_ctx["env"] = {**state.env, **state.github_env}
         step_env: dict[str, str] = {}
         for key, value in step.env.items():
-            step_env[key] = interpolate(value, Evaluation(step_ctx, evaluation.status))
+            step_env[key] = interpolate(
+                value, Evaluation(step_ctx, evaluation.status, hash_files=evaluation.hash_files)
+            )
             step_ctx["env"] = {**step_ctx["env"], key: step_env[key]}
         env.update(step_env)
-        step_evaluation = Evaluation(step_ctx, evaluation.status)
+        step_evaluation = Evaluation(step_ctx, evaluation.status, hash_files=evaluation.hash_files)
         step_limit = _minutes(step.timeout_minutes, step_evaluation, "timeout-minutes")
         timeout = min(remaining, step_limit * 60) if step_limit is not None else remaining
 
@@ -903,6 +915,49 @@ class WorkflowRunner:
             checked = directory
         request = _StepRequest(ExecRequest(argv, env, cwd, timeout), (script_path, script), checked)
         return request, None, step_limit
+
+    async def _prime_hashes(self, step: Step, ctx: dict[str, Any], state: _InstanceState) -> None:
+        """hashFiles() needs the job's files, which only an exec can read, while expressions are
+        evaluated synchronously: a first pass over the step's expressions records the patterns
+        asked for, they are hashed in the container, and the real evaluation reads the results."""
+        asked: set[tuple[str, ...]] = set()
+
+        def record(patterns: tuple[str, ...]) -> str:
+            asked.add(patterns)
+            return ""
+
+        dry = Evaluation(ctx, state.status, hash_files=record)
+        texts = [step.name, step.run, step.shell, step.working_directory, *step.env.values()]
+        for text in texts:
+            if isinstance(text, str):
+                with contextlib.suppress(ExpressionError):
+                    interpolate(text, dry)
+        with contextlib.suppress(ExpressionError):
+            evaluate_condition(step.if_, dry)
+        for value in (step.continue_on_error, step.timeout_minutes, *step.with_.values()):
+            with contextlib.suppress(ExpressionError):
+                evaluate_value(value, dry)
+        for patterns in sorted(asked):
+            state.hashes[patterns] = await self._hash_files(state, patterns)
+
+    async def _hash_files(self, state: _InstanceState, patterns: tuple[str, ...]) -> str | ExpressionError:
+        if "python3" not in state.job.commands:
+            return ExpressionError("hashFiles() needs python3 in the job's image")
+        lines: list[str] = []
+        request = ExecRequest(
+            ["python3", "-c", hashfiles.SCRIPT, *patterns], {}, state.workspace.workspace, HASH_FILES_TIMEOUT
+        )
+
+        def keep(stream: str, line: str) -> None:
+            if stream == "stdout":
+                lines.append(line)
+
+        result = await self.backend.exec(state.job, request, output=keep, cancel=state.cancel)
+        if result.exit_code != 0 or len(lines) != 1:
+            return ExpressionError(
+                f"hashFiles({', '.join(map(repr, patterns))}) failed in the job's container"
+            )
+        return lines[0].strip()
 
     async def _is_directory(self, state: _InstanceState, path: str) -> bool:
         """Whether `path` is a directory in the job's container (it is the job's to make)."""
@@ -994,6 +1049,17 @@ class _InstanceState:
     defaults: RunDefaults  # the job's `defaults.run`, else the workflow's
     job: EngineJob  # the job's container, in the backend
     cancel: asyncio.Event  # the run's cancel, or fail-fast stopping this matrix leg
+    hashes: dict[tuple[str, ...], str | ExpressionError] = field(default_factory=dict)  # this step's
+
+    def hash_of(self, patterns: tuple[str, ...]) -> str:
+        """hashFiles() for the current step, from what _prime_hashes computed."""
+        value = self.hashes.get(patterns)
+        if value is None:
+            raise ExpressionError("hashFiles() can only take patterns known before the step runs")
+        if isinstance(value, ExpressionError):
+            raise value
+        return value
+
     github_env: dict[str, str] = field(default_factory=dict)
     path_entries: list[str] = field(default_factory=list)
     steps: dict[str, Any] = field(default_factory=dict)

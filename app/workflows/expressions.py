@@ -597,6 +597,9 @@ class Evaluation:
     contexts: Mapping[str, Any]
     status: StatusFunctions = field(default_factory=_AlwaysSuccess)
     produced: int = 0  # characters built by function calls so far (bounded by MAX_EVALUATION_CHARS)
+    # hashFiles(patterns...) -> hex digest; the engine computes it in the job's workspace. None
+    # where no workspace exists (job-level keys), as on GitHub.
+    hash_files: Callable[[tuple[str, ...]], str] | None = None
 
     def named_value(self, name: str) -> Any:
         if name == "secrets":
@@ -612,6 +615,12 @@ class Evaluation:
             if lowered == "always":
                 return True
             return bool(getattr(self.status, lowered)())
+        if lowered == "hashfiles":
+            if not args:
+                raise ExpressionError(f"{name}() takes at least one pattern")
+            if self.hash_files is None:
+                raise ExpressionError(f"{name}() is only available in steps")
+            return self.hash_files(tuple(to_string(a.evaluate(self)) for a in args))
         spec = _FUNCTIONS.get(lowered)
         if spec is None:
             raise ExpressionError(f"unrecognized function {name!r}")
