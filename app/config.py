@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     job_cpus: float = Field(default=2.0, gt=0, le=512)
     job_disk_mb: int = Field(default=10240, ge=64)
     run_log_mb: int = Field(default=50, ge=1)
+    # `vars.*` of every workflow: a JSON object of names to strings (GitHub's configuration
+    # variables, set by the operator here; Tangled has no per-repo variables).
+    vars: dict[str, str] = Field(default_factory=dict)
     log_level: str = "info"
 
     @field_validator("hostname")

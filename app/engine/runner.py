@@ -363,7 +363,7 @@ class WorkflowRunner:
             ),
             "inputs": inputs_context(workflow.inputs, spec.inputs),
             "needs": needs,
-            "vars": {},
+            "vars": dict(self.settings.vars),
             "secrets": {},
         }
         status = _NeedsStatus([results[a].result for a in self._ancestors(workflow, job)], self.cancel)

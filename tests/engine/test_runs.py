@@ -613,3 +613,18 @@ async def test_event_file_holds_the_inputs_as_json(harness: Harness) -> None:
         inputs={"a": "1", "b": "two"},
     )
     assert json.loads((await harness.output(run.id))[-1]) == {"a": "1", "b": "two"}
+
+
+async def test_vars_come_from_the_operator_and_the_token_is_empty(harness: Harness) -> None:
+    await harness.started(vars={"DEPLOY_ENV": "staging"})
+    run = await harness.run(
+        """
+        on: workflow_dispatch
+        jobs:
+          a:
+            steps:
+              - run: echo "env=${{ vars.DEPLOY_ENV }} missing=[${{ vars.NOPE }}] token=[${{ github.token }}]"
+        """
+    )
+    assert run.status is Status.SUCCESS, run.error
+    assert "env=staging missing=[] token=[]" in await harness.output(run.id)
