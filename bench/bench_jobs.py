@@ -109,13 +109,17 @@ async def first_output(harness: Harness, scheduler: Scheduler) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--image", default=None, help="default: the test suite's small Debian image")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
         base = Path(tmp)
-        engine_settings = Settings(data_dir=base / "engine", docker_host=os.environ.get("SPINDLE_DOCKER_HOST"))
+        engine_settings = Settings(
+            data_dir=base / "engine", docker_host=os.environ.get("SPINDLE_DOCKER_HOST")
+        )
         handle = await container_engine.connect(engine_settings)
         try:
             image = args.image or await images.ensure_built(handle.docker, TEST_IMAGE, progress=print)
@@ -157,7 +161,8 @@ async def main() -> None:
     floor = statistics.median(floors)
     target = 1.5 * floor + 0.1
     print(f"\n{args.runs} rounds, medians (min-max):")
-    for name, values in (("floor: podman run --rm true", floors), ("first output", outputs), ("empty job", empties)):
+    rows = (("floor: podman run --rm true", floors), ("first output", outputs), ("empty job", empties))
+    for name, values in rows:
         median = statistics.median(values)
         print(
             f"  {name:30s} {median * 1000:7.0f} ms ({min(values) * 1000:.0f}-{max(values) * 1000:.0f})"

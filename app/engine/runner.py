@@ -59,6 +59,7 @@ from app.workflows.expressions import (
 from app.workflows.inputs import inputs_context
 from app.workflows.jobs import Container, Job, RunDefaults, Step
 from app.workflows.planner import expand_matrix, instance_name, job_order
+from app.workflows.uses import Uses
 from app.workflows.workflow import Workflow, parse_workflow
 
 MAX_FILE_COMMAND_BYTES = 1024 * 1024  # GitHub's limit for a step's outputs
@@ -232,6 +233,21 @@ async def _either(first: asyncio.Event, second: asyncio.Event | None) -> AsyncIt
     finally:
         for watcher in watchers:
             watcher.cancel()
+
+
+def unsupported_action(uses: Uses) -> str | None:
+    """Why a step's `uses:` cannot run here, or None when it can (the survey asks this too)."""
+    if checkout.is_checkout(uses):
+        return None
+    return (
+        f"the action {str(uses)!r} is not supported by this spindle: only actions/checkout runs here "
+        "(use a run: step instead)"
+    )
+
+
+def other_os_runner(labels: list[str]) -> str | None:
+    """The Windows or macOS runner among `labels`, which this spindle does not have."""
+    return next((label for label in labels if OTHER_OS_RUNNERS.match(label)), None)
 
 
 def _calls_hash_files(step: Step) -> bool:
@@ -462,7 +478,7 @@ class WorkflowRunner:
                 value = label
             labels.extend(value if isinstance(value, list) else [value])
         texts = [to_string(label) for label in labels if label is not None]
-        other = next((label for label in texts if OTHER_OS_RUNNERS.match(label)), None)
+        other = other_os_runner(texts)
         if other is not None:
             return other
         odd = [label for label in texts if not ACCEPTED_RUNNERS.match(label)]
@@ -872,11 +888,9 @@ class WorkflowRunner:
         timeout = min(remaining, step_limit * 60) if step_limit is not None else remaining
 
         if step.uses is not None:
-            if not checkout.is_checkout(step.uses):
-                raise StepError(
-                    f"the action {str(step.uses)!r} is not supported by this spindle: only actions/checkout "
-                    "runs here (use a run: step instead)"
-                )
+            unsupported = unsupported_action(step.uses)
+            if unsupported is not None:
+                raise StepError(unsupported)
             with_ = {k: evaluate_value(v, step_evaluation) for k, v in step.with_.items()}
             plan = checkout.plan_checkout(
                 with_=with_,
