@@ -161,7 +161,7 @@ def test_a_container_with_an_exec_leaves_nothing_behind_when_slash_is_private(
     podman_engine: PodmanEngine, tmp_path: Path
 ) -> None:
     if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("a private `/` needs a mount namespace of our own: root only")
+        pytest.fail("a private `/` needs a mount namespace of our own: run the suite as root (CI does)")
     bridge = f"spdt{os.getpid() % 100000}"
     script = tmp_path / "leak.py"
     script.write_text(LEAK_SCRIPT)
