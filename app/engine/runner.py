@@ -986,6 +986,7 @@ class WorkflowRunner:
     ) -> ExecResult:
         """Fetch on the host, then the `.git` into the container and the files checked out there."""
         notes: list[str] = []
+        started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(request.timeout):
                 fetched = await self.fetcher.fetch(
@@ -1016,7 +1017,8 @@ class WorkflowRunner:
         if "git" not in state.job.commands:
             return ExecResult(0)
         request.argv = ["/bin/sh", "-c", _PLACE, "checkout", plan.dest, fetched.commit]
-        request.timeout = max(request.timeout - 0, 1.0)
+        # The checkout in the container gets what the fetch left of the step's time.
+        request.timeout = max(request.timeout - (asyncio.get_running_loop().time() - started), 1.0)
         return await self.backend.exec(state.job, request, output=output, cancel=state.cancel)
 
     async def _apply_file_commands(
