@@ -37,6 +37,7 @@ from typing import Any
 
 import aiodocker
 from aiodocker.exceptions import DockerError
+from aiodocker.networks import DockerNetwork
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
@@ -659,9 +660,7 @@ class ContainerBackend:
             used = 0
             for container_id in ids:
                 with contextlib.suppress(DockerError):
-                    info = await self._docker._query_json(
-                        f"containers/{container_id}/json", params={"size": "1"}
-                    )
+                    info = await self._docker.containers.container(container_id).show(size="1")
                     used += int(info.get("SizeRw") or 0)
             if used > limit:
                 job.limit_hit = (
@@ -696,7 +695,7 @@ class ContainerBackend:
 
     async def _remove_network(self, network_id: str) -> None:
         with contextlib.suppress(DockerError):
-            await self._docker._query_json(f"networks/{network_id}", method="DELETE")
+            await DockerNetwork(self._docker, network_id).delete()
 
     async def reap(self, *, keep: Callable[[int], bool]) -> int:
         docker = self._docker
@@ -705,7 +704,7 @@ class ContainerBackend:
         removed = 0
         networks: set[str] = set()
         for container in containers:
-            labels = container._container.get("Labels") or {}
+            labels = container["Labels"] or {}
             run = labels.get(LABEL_RUN, "")
             if run.isdigit() and keep(int(run)):
                 continue
