@@ -57,7 +57,7 @@ from app.workflows.expressions import (
     truthy,
 )
 from app.workflows.inputs import inputs_context
-from app.workflows.jobs import Container, Job, RunDefaults, Step
+from app.workflows.jobs import Container, EnvExpression, Job, RunDefaults, Step, env_texts, resolve_env
 from app.workflows.planner import expand_matrix, instance_name, job_order
 from app.workflows.uses import Uses
 from app.workflows.workflow import Workflow, parse_workflow
@@ -251,7 +251,7 @@ def other_os_runner(labels: list[str]) -> str | None:
 
 
 def _calls_hash_files(step: Step) -> bool:
-    values = [step.name, step.run, step.shell, step.working_directory, step.if_, *step.env.values()]
+    values = [step.name, step.run, step.shell, step.working_directory, step.if_, *env_texts(step.env)]
     values += list(step.with_.values())
     return any(isinstance(v, str) and "hashfiles(" in v.lower() for v in values)
 
@@ -550,7 +550,7 @@ class WorkflowRunner:
         image = to_string(interpolate(container.image, evaluation)).strip()
         if not image:
             raise StepError(f"{where}.image is empty")
-        env = {k: interpolate(v, evaluation) for k, v in container.env.items()}
+        env = resolve_env(container.env, evaluation, f"{where}.env")
         try:
             options = parse_options(interpolate(container.options, evaluation) if container.options else None)
         except OptionsError as exc:
@@ -606,9 +606,9 @@ class WorkflowRunner:
             return JobResult("skipped")
         self.logs.notice(f"job {name}")
         try:
-            workflow_env = {k: interpolate(v, evaluation) for k, v in workflow.definition.env.items()}
+            workflow_env = resolve_env(workflow.definition.env, evaluation, "env")
             ctx["env"] = dict(workflow_env)
-            job_env = {k: interpolate(v, Evaluation(ctx)) for k, v in job.env.items()}
+            job_env = resolve_env(job.env, Evaluation(ctx), f"jobs.{job.id}.env")
             ctx["env"] = {**workflow_env, **job_env}
             limit = self.settings.job_timeout_minutes
             minutes = min(_minutes(job.timeout_minutes, evaluation, "timeout-minutes") or limit, limit)
@@ -877,11 +877,16 @@ class WorkflowRunner:
         step_ctx = dict(evaluation.contexts)
         step_ctx["env"] = {**state.env, **state.github_env}
         step_env: dict[str, str] = {}
-        for key, value in step.env.items():
-            step_env[key] = interpolate(
-                value, Evaluation(step_ctx, evaluation.status, hash_files=evaluation.hash_files)
-            )
-            step_ctx["env"] = {**step_ctx["env"], key: step_env[key]}
+        if isinstance(step.env, EnvExpression):
+            step_env = resolve_env(step.env, Evaluation(step_ctx, evaluation.status), "env")
+            step_ctx["env"] = {**step_ctx["env"], **step_env}
+        else:
+            # Each variable sees the ones above it, as on GitHub.
+            for key, value in step.env.items():
+                step_env[key] = interpolate(
+                    value, Evaluation(step_ctx, evaluation.status, hash_files=evaluation.hash_files)
+                )
+                step_ctx["env"] = {**step_ctx["env"], key: step_env[key]}
         env.update(step_env)
         step_evaluation = Evaluation(step_ctx, evaluation.status, hash_files=evaluation.hash_files)
         step_limit = _minutes(step.timeout_minutes, step_evaluation, "timeout-minutes")
@@ -941,7 +946,7 @@ class WorkflowRunner:
             return ""
 
         dry = Evaluation(ctx, state.status, hash_files=record)
-        texts = [step.name, step.run, step.shell, step.working_directory, *step.env.values()]
+        texts = [step.name, step.run, step.shell, step.working_directory, *env_texts(step.env)]
         for text in texts:
             if isinstance(text, str):
                 with contextlib.suppress(ExpressionError):

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.workflows.exceptions import WorkflowError
-from app.workflows.expressions import to_string
+from app.workflows.expressions import (
+    Evaluation,
+    ExpressionError,
+    evaluate_value,
+    interpolate,
+    kind,
+    to_string,
+)
 from app.workflows.uses import Uses, parse_uses
 
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
@@ -52,7 +59,7 @@ class Step:
     run: str | None
     uses: Uses | None
     with_: Mapping[str, Scalar]
-    env: Mapping[str, str]
+    env: Env
     if_: Scalar
     shell: str | None
     working_directory: str | None
@@ -85,7 +92,7 @@ class Container:
 
     image: str
     credentials: Credentials | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Env = field(default_factory=dict)
     ports: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     options: str | None = None
@@ -101,7 +108,7 @@ class Job:
     needs: tuple[str, ...]
     if_: Scalar
     runs_on: RunsOn | None
-    env: Mapping[str, str]
+    env: Env
     defaults: RunDefaults
     steps: tuple[Step, ...]
     strategy: Strategy | None
@@ -116,7 +123,7 @@ class Job:
 @dataclass(frozen=True)
 class Definition:
     name: str
-    env: Mapping[str, str]
+    env: Env
     defaults: RunDefaults
     jobs: Mapping[str, Job]
     ignored: tuple[str, ...] = ()  # top-level keys accepted but not acted on
@@ -165,7 +172,35 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     return tuple(text for text in texts if text is not None)
 
 
-def _env(value: Any, where: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class EnvExpression:
+    """`env: ${{ ... }}`: one expression that gives the whole map when the run evaluates it."""
+
+    text: str
+
+
+# An `env:` as written: a map of names to (templated) values, or one expression.
+Env = Mapping[str, str] | EnvExpression
+
+
+def env_texts(env: Env) -> tuple[str, ...]:
+    """The templates an `env:` holds, to look through without evaluating them."""
+    return (env.text,) if isinstance(env, EnvExpression) else tuple(env.values())
+
+
+def resolve_env(env: Env, evaluation: Evaluation, where: str) -> dict[str, str]:
+    """The variables of an `env:` with its expressions evaluated; ExpressionError names `where`."""
+    if isinstance(env, EnvExpression):
+        value = evaluate_value(env.text, evaluation)
+        if not isinstance(value, Mapping):
+            raise ExpressionError(f"{where} must give a map of variables, got {kind(value)}")
+        return {str(key): to_string(item) for key, item in value.items()}
+    return {key: interpolate(value, evaluation) for key, value in env.items()}
+
+
+def _env(value: Any, where: str) -> Env:
+    if isinstance(value, str) and value.strip().startswith("${{") and value.strip().endswith("}}"):
+        return EnvExpression(value)
     env = _map(value, where)
     out: dict[str, str] = {}
     for key, item in env.items():

@@ -628,3 +628,27 @@ async def test_vars_come_from_the_operator_and_the_token_is_empty(harness: Harne
     )
     assert run.status is Status.SUCCESS, run.error
     assert "env=staging missing=[] token=[]" in await harness.output(run.id)
+
+
+async def test_env_given_as_one_expression_is_evaluated_when_the_step_runs(harness: Harness) -> None:
+    run = await harness.run(
+        """
+        on: workflow_dispatch
+        jobs:
+          a:
+            strategy:
+              matrix:
+                include:
+                  - env: {FLAVOUR: vanilla, LEVEL: 3}
+            env: ${{ fromJSON('{"FROM_JOB":"job"}') }}
+            steps:
+              - env: ${{ matrix.env }}
+                run: echo "flavour=$FLAVOUR level=$LEVEL job=$FROM_JOB"
+              - env: ${{ matrix.nothing }}
+                run: echo unreachable
+        """
+    )
+    output = await harness.output(run.id)
+    assert "flavour=vanilla level=3 job=job" in output
+    assert run.status is Status.FAILED
+    assert "env must give a map of variables, got null" in (run.error or "")
