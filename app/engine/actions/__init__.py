@@ -33,8 +33,10 @@ from app.engine.actions.definition import (
     parse_definition,
 )
 from app.engine.actions.exceptions import ActionError, ActionUnavailable, InvalidDefinition, MissingDefinition
+from app.engine.actions.resolve import ActionCache, FetchedAction, RunResolver
 
 __all__ = [
+    "ActionCache",
     "ActionDefinition",
     "ActionError",
     "ActionInput",
@@ -42,9 +44,11 @@ __all__ = [
     "ActionUnavailable",
     "CompositeRuns",
     "DockerRuns",
+    "FetchedAction",
     "InvalidDefinition",
     "MissingDefinition",
     "NodeRuns",
+    "RunResolver",
     "Runs",
     "load_definition",
     "parse_definition",
