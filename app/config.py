@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     # variables, set by the operator here; Tangled has no per-repo variables).
     vars: dict[str, str] = Field(default_factory=dict)
     log_level: str = "info"
+    # Where `uses: owner/repo@ref` is fetched from, as `<actions_url>/<owner>/<repo>`: GitHub, or an
+    # operator's mirror (Forgejo/Gitea runners call it DEFAULT_ACTIONS_URL).
+    actions_url: str = Field(default="https://github.com", pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+    # Serve actions only from the cache under <data_dir>/actions: nothing is fetched.
+    actions_offline: bool = False
+    # The cache's bound; least recently used actions are removed past it.
+    actions_cache_mb: int = Field(default=2048, ge=1)
 
     @field_validator("hostname")
     @classmethod
