@@ -14,12 +14,15 @@ run's scratch directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
+import signal
 import tarfile
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 FETCH_TIMEOUT = 600.0
@@ -56,23 +59,39 @@ class Fetched:
     commit: str
 
 
-async def _git(*args: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+async def run_git(*args: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    """`git args...` in `cwd`: (exit code, stdout, stderr). Past `timeout` (TimeoutError) or when its
+    task is cancelled, git and its helpers (`git remote-http`) are killed: nothing runs on alone."""
     git = shutil.which("git", path=env["PATH"])
     if git is None:
-        raise FetchError("git is not installed on this spindle (Debian package git)")
+        raise FileNotFoundError("git is not installed on this spindle (Debian package git)")
+    # A session of its own, so that the whole group can be killed.
     process = await asyncio.create_subprocess_exec(
-        git, *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+        git, *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
     try:
         async with asyncio.timeout(timeout):
-            output, _ = await process.communicate()
+            stdout, stderr = await process.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await asyncio.shield(process.wait())
+        raise
+    decode = partial(bytes.decode, encoding="utf-8", errors="replace")
+    return process.returncode or 0, decode(stdout), decode(stderr)
+
+
+async def _git(*args: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """run_git for the checkout's fetch: FetchError for what the run's log should say."""
+    try:
+        code, stdout, stderr = await run_git(*args, cwd=cwd, env=env, timeout=timeout)
+    except FileNotFoundError as exc:
+        raise FetchError(str(exc)) from None
     except TimeoutError:
-        process.kill()
-        await process.wait()
         raise FetchError(f"git {args[0]} took longer than {timeout:g} s") from None
-    text = output.decode("utf-8", errors="replace")
-    lines = text.splitlines()[-MAX_FETCH_OUTPUT:]
-    return process.returncode or 0, "\n".join(lines)
+    lines = (stdout + stderr).splitlines()[-MAX_FETCH_OUTPUT:]
+    return code, "\n".join(lines)
 
 
 class Fetcher:

@@ -13,16 +13,12 @@ fetch leaves nothing running.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import re
-import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine.fetch import FETCH_TIMEOUT, git_env
+from app.engine import fetch
+from app.engine.fetch import FETCH_TIMEOUT
 
 LS_REMOTE_TIMEOUT = 60.0
 LOCAL_TIMEOUT = 120.0  # init, rev-parse, checkout: no network
@@ -52,28 +48,13 @@ def is_full_commit(ref: str) -> bool:
 
 async def run_git(*args: str, cwd: Path, home: Path, timeout: float) -> tuple[int, str]:
     """`git args...` in `cwd`; its exit code and the last lines of its output (stdout and stderr)."""
-    env = git_env(home)
-    git = shutil.which("git", path=env["PATH"])
-    if git is None:
-        raise GitFailed("git is not installed on this spindle (Debian package git)")
-    # A session of its own: git fetch runs `git remote-http` as a child, which must die with it.
-    process = await asyncio.create_subprocess_exec(
-        git, *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )  # fmt: skip
     try:
-        async with asyncio.timeout(timeout):
-            stdout, stderr = await process.communicate()
-    except BaseException as exc:  # a timeout or a cancelled task: nothing may run on without us
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await asyncio.shield(process.wait())
-        if isinstance(exc, TimeoutError):
-            raise GitFailed(f"git {args[0]} took longer than {timeout:g} s") from None
-        raise
-    return process.returncode or 0, stdout.decode("utf-8", errors="replace") + stderr.decode(
-        "utf-8", errors="replace"
-    )
+        code, stdout, stderr = await fetch.run_git(*args, cwd=cwd, env=fetch.git_env(home), timeout=timeout)
+    except FileNotFoundError as exc:
+        raise GitFailed(str(exc)) from None
+    except TimeoutError:
+        raise GitFailed(f"git {args[0]} took longer than {timeout:g} s") from None
+    return code, stdout + stderr
 
 
 def describe_failure(output: str) -> str:
