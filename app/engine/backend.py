@@ -12,7 +12,7 @@ processes in it. Lifecycle, as Woodpecker's backends have it:
       read_file(job, path, limit)     a file command the step wrote (GITHUB_OUTPUT ...)
       limit_hits(job)                 which per-job limit a failed process ran into
     destroy_job(job)                  containers, network and volumes of the job, gone
-    reap(keep=...)                    what a crashed process left behind, gone
+    reap(running=...)                 what a crashed process left behind, gone
     close()                           at shutdown
 
 The container backend (app/engine/container/backend.py) is the one the service uses: every job
@@ -22,7 +22,7 @@ in a container of Podman or Docker. A Kubernetes backend would be its sibling.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -148,7 +148,7 @@ class Backend(Protocol):
 
     async def destroy_job(self, job: Job) -> None: ...
 
-    async def reap(self, *, keep: Callable[[int], bool]) -> int:
-        """Remove every job of this spindle whose run `keep(run_id)` says is no longer running
-        here; the number of containers removed."""
+    async def reap(self, *, running: Callable[[], Awaitable[Collection[int]]]) -> int:
+        """Remove every job of this deployment whose run is not among `running()` (asked after
+        listing what exists); the number of containers removed."""
         ...

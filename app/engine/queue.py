@@ -122,16 +122,18 @@ class Scheduler:
         """Containers of runs that no process runs any more (a crash, a kill -9) are removed."""
         if isinstance(self.backend, ContainerBackend) and self.backend.unavailable is not None:
             return
-        async with self.sessionmaker() as session:
-            running = set(
-                await session.scalars(
+
+        async def running() -> set[int]:
+            async with self.sessionmaker() as session:
+                ids = await session.scalars(
                     select(WorkflowRun.id).where(
                         WorkflowRun.status == Status.RUNNING, WorkflowRun.claimed_by != self.instance_id
                     )
                 )
-            )
+                return {*ids, *self.active}
+
         try:
-            removed = await self.backend.reap(keep=lambda run_id: run_id in running or run_id in self.active)
+            removed = await self.backend.reap(running=running)
         except Exception:
             log.exception("could not remove the leftovers of earlier runs")
             return

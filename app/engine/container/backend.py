@@ -31,7 +31,7 @@ import re
 import secrets
 import tarfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -697,24 +697,26 @@ class ContainerBackend:
         with contextlib.suppress(DockerError):
             await DockerNetwork(self._docker, network_id).delete()
 
-    async def reap(self, *, keep: Callable[[int], bool]) -> int:
+    async def reap(self, *, running: Callable[[], Awaitable[Collection[int]]]) -> int:
         docker = self._docker
         label = f"{LABEL_DEPLOYMENT}={self.deployment}"
+        # What exists first, then which runs are running: a process claims a run (and commits)
+        # before it creates anything for it, so whatever was listed for a live run is kept. The
+        # other order removed the network of a run another process had just claimed.
         containers = await docker.containers.list(all=True, filters={"label": [label]})
-        removed = 0
-        networks: set[str] = set()
-        for container in containers:
-            labels = container["Labels"] or {}
-            run = labels.get(LABEL_RUN, "")
-            if run.isdigit() and keep(int(run)):
-                continue
+        networks = await docker.networks.list(filters={"label": [label]})
+        keep = set(await running())
+
+        def gone(labels: Mapping[str, str] | None) -> bool:
+            run = (labels or {}).get(LABEL_RUN, "")
+            return not (run.isdigit() and int(run) in keep)
+
+        doomed = [c for c in containers if gone(c["Labels"])]
+        # Services before the job containers they depend on.
+        doomed.sort(key=lambda c: (c["Labels"] or {}).get(LABEL_ROLE) != "service")
+        for container in doomed:
             await self._remove_container(container.id)
-            removed += 1
-        for network in await docker.networks.list(filters={"label": [label]}):
-            labels = network.get("Labels") or {}
-            run = labels.get(LABEL_RUN, "")
-            if not (run.isdigit() and keep(int(run))):
-                networks.add(network["Id"])
-        for network_id in networks:
-            await self._remove_network(network_id)
-        return removed
+        for network in networks:
+            if gone(network.get("Labels")):
+                await self._remove_network(network["Id"])
+        return len(doomed)

@@ -295,7 +295,10 @@ async def test_reap_removes_leftovers_of_runs_no_longer_running(
     gone = await backend.setup_job(spec(podman_engine.image, run_id=6), progress=lambda line: None)
     backend._jobs.clear()  # as after a crash: this process knows nothing of them
 
-    removed = await backend.reap(keep=lambda run_id: run_id == 5)
+    async def running() -> set[int]:
+        return {5}
+
+    removed = await backend.reap(running=running)
 
     label = f"{LABEL_DEPLOYMENT}={backend.deployment}"
     left = await docker.containers.list(all=True, filters={"label": [label]})
@@ -303,3 +306,23 @@ async def test_reap_removes_leftovers_of_runs_no_longer_running(
     assert [c.id for c in left] == [kept.container_id]
     assert gone.container_id not in [c.id for c in left]
     await backend.destroy_job(kept)
+
+
+async def test_reap_never_removes_a_job_another_process_sets_up_while_it_looks(
+    backend: ContainerBackend, podman_engine: PodmanEngine, docker: aiodocker.Docker
+) -> None:
+    started: list[Job] = []
+
+    async def running() -> set[int]:
+        # Another process claims run 9 and sets its job up between the listing and this answer.
+        started.append(
+            await backend.setup_job(spec(podman_engine.image, run_id=9), progress=lambda line: None)
+        )
+        return {9}
+
+    await backend.reap(running=running)
+
+    (job,) = started
+    result, output = await run(backend, job, "echo still-here")
+    await backend.destroy_job(job)
+    assert (result.exit_code, output.text) == (0, "still-here")
