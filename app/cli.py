@@ -41,6 +41,12 @@ def _host(value: str) -> str:
     return value
 
 
+def _rkey(value: str) -> str:
+    if repo_service.parse_repo_uri(f"at://did:plc:x/{repo_service.REPO_COLLECTION}/{value}") is None:
+        raise argparse.ArgumentTypeError(f"not a record key: {value!r}")
+    return value
+
+
 def _image_ref(value: str) -> str:
     if not images.IMAGE_REF_RE.match(value):
         raise argparse.ArgumentTypeError(f"not an image reference such as localhost/name:tag: {value!r}")
@@ -72,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--owner", type=_did, help="DID allowed to trigger it (default: the repo DID)")
     add.add_argument(
         "--collaborator", action="append", default=[], type=_did, help="another DID allowed to trigger it"
+    )
+    add.add_argument(
+        "--rkey",
+        type=_rkey,
+        help="record key (a TID) of the repo's sh.tangled.repo record: Tangled names the repo by "
+        "at://<repo DID>/sh.tangled.repo/<rkey>",
     )
     ls = repo.add_parser("list", help="list registered repos")
     ls.add_argument("--json", action="store_true")
@@ -111,6 +123,7 @@ async def _repo_command(settings: Settings, args: argparse.Namespace) -> int:
                         name=args.name,
                         owner_did=args.owner or args.repo_did,
                         collaborators=args.collaborator,
+                        rkey=args.rkey,
                     )
                 except repo_service.RepoExists as exc:
                     print(f"spindle: {exc}", file=sys.stderr)
@@ -126,6 +139,8 @@ async def _repo_command(settings: Settings, args: argparse.Namespace) -> int:
                             "name": r.name,
                             "owner": r.owner_did,
                             "collaborators": r.collaborators,
+                            "rkey": r.rkey,
+                            "source": r.source,
                         }
                         for r in repos
                     ]
@@ -133,7 +148,8 @@ async def _repo_command(settings: Settings, args: argparse.Namespace) -> int:
                 else:
                     for r in repos:
                         extra = f" collaborators={','.join(r.collaborators)}" if r.collaborators else ""
-                        print(f"{r.knot}\t{r.did}\t{r.name}\towner={r.owner_did}{extra}")
+                        extra += f" rkey={r.rkey}" if r.rkey else ""
+                        print(f"{r.knot}\t{r.did}\t{r.name}\towner={r.owner_did}\tsource={r.source}{extra}")
             elif args.repo_command == "remove":
                 if not await repo_service.remove(
                     session=session, knot=args.knot, did=args.repo_did, name=args.name

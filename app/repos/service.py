@@ -32,10 +32,26 @@ class RepoExists(Exception):
 
 
 async def add(
-    *, session: AsyncSession, knot: str, did: str, name: str, owner_did: str, collaborators: Sequence[str]
+    *,
+    session: AsyncSession,
+    knot: str,
+    did: str,
+    name: str,
+    owner_did: str,
+    collaborators: Sequence[str],
+    rkey: str | None = None,
+    source: str = "cli",
 ) -> Repo:
     """Register (knot, did, name); a second registration of the same key is refused."""
-    repo = Repo(knot=knot, did=did, name=name, owner_did=owner_did, collaborators=sorted(set(collaborators)))
+    repo = Repo(
+        knot=knot,
+        did=did,
+        name=name,
+        owner_did=owner_did,
+        collaborators=sorted(set(collaborators)),
+        rkey=rkey,
+        source=source,
+    )
     session.add(repo)
     try:
         await session.commit()
@@ -190,3 +206,48 @@ async def authorize(
     """The registration of exactly (knot, did, name) if `actor` may trigger it; else 403 Forbidden."""
     repo = await find(session=session, knot=knot, did=did, name=name)
     return check_rights(repo, spindle_owner=spindle_owner, actor=actor, knot=knot, did=did, name=name)
+
+
+# `at://<did>/sh.tangled.repo/<rkey>`: how Tangled names a repo (its record), e.g. in cancelPipeline,
+# the secrets methods and sh.tangled.repo.collaborator records.
+REPO_COLLECTION = "sh.tangled.repo"
+_REPO_URI_RE = re.compile(
+    r"^at://(?P<did>did:[a-z]+:[A-Za-z0-9._:%-]{1,2040})/sh\.tangled\.repo/(?P<rkey>[^/]{1,512})\Z"
+)
+_RKEY_RE = re.compile(r"^[A-Za-z0-9.\-_:~]{1,512}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class RepoUri:
+    did: str
+    rkey: str
+
+    def __str__(self) -> str:
+        return f"at://{self.did}/{REPO_COLLECTION}/{self.rkey}"
+
+
+def parse_repo_uri(value: str) -> RepoUri | None:
+    """`at://<did>/sh.tangled.repo/<rkey>` split into its parts; None when it is not one."""
+    match = _REPO_URI_RE.match(value)
+    if match is None or match["rkey"] in (".", "..") or not _RKEY_RE.match(match["rkey"]):
+        return None
+    return RepoUri(match["did"], match["rkey"])
+
+
+async def find_by_uri(*, session: AsyncSession, uri: RepoUri) -> Repo | None:
+    """The served repo the at-uri names: by its record key (a TID, as Tangled mints them).
+
+    Repos registered before their record key was known (the operator's registry of older
+    versions) are also found when the key is their name, which is how 2025 clients built the uri.
+    """
+    repo = await session.scalar(
+        select(Repo).where(Repo.did == uri.did, Repo.rkey == uri.rkey).order_by(Repo.id).limit(1)
+    )
+    if repo is not None:
+        return repo
+    return await session.scalar(
+        select(Repo)
+        .where(Repo.did == uri.did, Repo.name == uri.rkey, Repo.rkey.is_(None))
+        .order_by(Repo.id)
+        .limit(1)
+    )
