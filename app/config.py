@@ -62,7 +62,9 @@ def default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Every knob of the service; docs/configuration.md lists them."""
 
-    model_config = SettingsConfigDict(env_prefix="SPINDLE_", extra="ignore")
+    # hide_input_in_errors: a bad SPINDLE_SECRETS_KEY (or a database URL with a password) is never
+    # echoed back in an error message.
+    model_config = SettingsConfigDict(env_prefix="SPINDLE_", extra="ignore", hide_input_in_errors=True)
 
     hostname: str = "localhost:6555"
     public_url: str | None = None
