@@ -11,6 +11,7 @@ the body is said); the issuer must be the repo's owner, a collaborator or the sp
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -39,7 +40,9 @@ ListIssuerDep = Annotated[str, Depends(service_auth(LIST_NSID))]
 
 def _iso(secret: RepoSecret) -> str:
     moment = secret.created_at or utcnow()
-    return moment.isoformat().replace("+00:00", "Z")
+    if moment.tzinfo is None:  # SQLite gives back what it stored (UTC) without its zone
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def repo_uri(repo: Repo, asked: str) -> str:

@@ -58,3 +58,12 @@ async def register_repo(url: str, **overrides: object) -> int:
 def _no_ambient_key(monkeypatch: pytest.MonkeyPatch) -> None:
     # A key in the developer's environment must not decide what these tests see.
     monkeypatch.delenv("SPINDLE_SECRETS_KEY", raising=False)
+
+
+# The reference PDS and our service under uvicorn, as the interop tests use them.
+from tests.interop.conftest import (  # noqa: E402, F401
+    reference_pds,
+    spindle,
+    spindle_database_url,
+    spindle_settings,
+)
