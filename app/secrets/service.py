@@ -164,14 +164,19 @@ async def open_for_repo(
     """Every secret of the served repo (knot, did, name), opened: what `secrets.*` of a run holds.
 
     A value that does not open raises SecretDecryptError naming its key (never its value)."""
-    repo = await repos_service.find(session=session, knot=knot, did=did, name=name)
-    if repo is None:
-        return {}
+    # One read, secrets joined to their registration: the engine starts runs beside the trigger's
+    # warm path, which reads no registration (tests/runs/test_trigger_warm_path.py).
+    rows = await session.execute(
+        select(RepoSecret)
+        .join(Repo, Repo.id == RepoSecret.repo_id)
+        .where(Repo.knot == knot, Repo.did == did, Repo.name == name)
+        .order_by(RepoSecret.key)
+    )
     values: dict[str, str] = {}
-    for row in await list_for(session=session, repo=repo):
+    for row in rows.scalars():
         try:
             values[row.key] = cipher.decrypt(
-                row.sealed, aad=aad_for(repo.id, row.key), stored_key_id=row.key_id
+                row.sealed, aad=aad_for(row.repo_id, row.key), stored_key_id=row.key_id
             )
         except SecretDecryptError as exc:
             raise SecretDecryptError(
