@@ -10,15 +10,20 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from app import migrate
 from app.config import DID_RE, Settings, is_valid_host
 from app.database import create_engine, create_sessionmaker
+from app.engine import masking
 from app.engine.container import engine as container_engine
 from app.engine.container import images
 from app.repos import service as repo_service
+from app.secrets import service as secrets_service
+from app.secrets.crypto import SecretCipher, SecretDecryptError, SecretsKeyError, decode_key
+from app.xrpc.errors import XrpcError
 
 
 def _settings() -> Settings:
@@ -92,6 +97,33 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--repo-did", required=True, type=_did)
     rm.add_argument("--name", required=True)
 
+    secret = sub.add_parser(
+        "secret", help="manage a repo's secrets (secrets.<KEY> of its runs)"
+    ).add_subparsers(dest="secret_command", required=True)
+    for name, text in (
+        ("set", "add a secret; the value is read from standard input (refused if the key exists)"),
+        ("list", "list a repo's secrets (keys, never values)"),
+        ("remove", "remove a secret"),
+    ):
+        cmd = secret.add_parser(name, help=text)
+        cmd.add_argument("--knot", required=True, type=_host)
+        cmd.add_argument("--repo-did", required=True, type=_did)
+        cmd.add_argument("--name", required=True)
+        if name != "list":
+            cmd.add_argument("key")
+        else:
+            cmd.add_argument("--json", action="store_true")
+    rekey = secret.add_parser(
+        "rekey",
+        help="re-seal every stored secret under the current key (SPINDLE_SECRETS_KEY or the key file)",
+    )
+    rekey.add_argument(
+        "--old-key-file",
+        required=True,
+        type=Path,
+        help="a file holding the old key (base64, as the key file does)",
+    )
+
     image = sub.add_parser("runner-image", help="the image jobs run in when they name none").add_subparsers(
         dest="image_command", required=True
     )
@@ -164,6 +196,84 @@ async def _repo_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _secret_command(settings: Settings, args: argparse.Namespace) -> int:
+    engine = create_engine(settings.resolved_database_url)
+    session_factory = create_sessionmaker(engine)
+    cipher = SecretCipher.from_settings(settings)
+    try:
+        async with session_factory() as session:
+            if args.secret_command == "rekey":
+                old = SecretCipher(
+                    key=decode_key(args.old_key_file.read_text(), source=str(args.old_key_file)),
+                    key_file=args.old_key_file,
+                )
+                count = await secrets_service.rekey(session=session, old=old, new=cipher)
+                print(f"re-sealed {count} secret(s) with key {cipher.current_key_id()}")
+                return 0
+            await secrets_service.check_stored_key(session=session, cipher=cipher)
+            repo = await repo_service.find(session=session, knot=args.knot, did=args.repo_did, name=args.name)
+            if repo is None:
+                print(f"spindle: {args.knot} {args.repo_did} {args.name} is not registered", file=sys.stderr)
+                return 1
+            if args.secret_command == "set":
+                key = secrets_service.check_key(args.key)
+                text = sys.stdin.read()
+                # One trailing newline is how `echo` and editors end the value, not part of it.
+                value = secrets_service.check_value(
+                    text[:-1] if text.endswith("\n") else text,
+                    max_bytes=secrets_service.MAX_ADMIN_VALUE_BYTES,
+                )
+                owner = settings.owner or repo.owner_did
+                await secrets_service.add(
+                    session=session, cipher=cipher, repo=repo, key=key, value=value, created_by=owner
+                )
+                print(f"added {key} to {repo.did}/{repo.name}")
+            elif args.secret_command == "list":
+                rows = await secrets_service.list_for(session=session, repo=repo)
+                if args.json:
+                    print(
+                        json.dumps(
+                            [
+                                {
+                                    "key": r.key,
+                                    "createdAt": r.created_at.isoformat(),
+                                    "createdBy": r.created_by,
+                                }
+                                for r in rows
+                            ],
+                            indent=2,
+                        )
+                    )
+                else:
+                    for r in rows:
+                        print(f"{r.key}\t{r.created_at.isoformat()}\t{r.created_by}")
+            elif args.secret_command == "remove":
+                await secrets_service.remove(
+                    session=session, repo=repo, key=secrets_service.check_key(args.key)
+                )
+                print(f"removed {args.key} from {repo.did}/{repo.name}")
+    except XrpcError as exc:
+        print(f"spindle: {exc.message}", file=sys.stderr)
+        return 1
+    except (SecretsKeyError, SecretDecryptError) as exc:
+        print(f"spindle: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await engine.dispose()
+    return 0
+
+
+async def _check_secrets_key(settings: Settings) -> None:
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            await secrets_service.check_stored_key(
+                session=session, cipher=SecretCipher.from_settings(settings)
+            )
+    finally:
+        await engine.dispose()
+
+
 async def _runner_image_command(settings: Settings, args: argparse.Namespace) -> int:
     """`runner-image build`: always a fresh build (Debian's updates), named by its digest tag and --tag."""
     ref = args.tag or settings.runner_image
@@ -195,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    masking.install_log_filter()
     if args.command == "migrate":
         migrate.upgrade(settings.resolved_database_url)
         print("database is up to date")
@@ -202,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "repo":
         migrate.upgrade(settings.resolved_database_url)
         return asyncio.run(_repo_command(settings, args))
+    if args.command == "secret":
+        migrate.upgrade(settings.resolved_database_url)
+        return asyncio.run(_secret_command(settings, args))
     if args.command == "runner-image":
         return asyncio.run(_runner_image_command(settings, args))
     if args.command == "serve":
@@ -211,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"spindle: {exc}") from None
         if not args.no_migrate:
             migrate.upgrade(settings.resolved_database_url)
+        try:
+            asyncio.run(_check_secrets_key(settings))
+        except SecretsKeyError as exc:
+            raise SystemExit(f"spindle: {exc}") from None
         import uvicorn
 
         from app.main import create_app

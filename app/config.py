@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.secrets.crypto import SecretsKeyError, decode_key
 
 # A DNS name (labels of letters, digits and hyphens) or an IPv4 literal, or a bracketed
 # IPv6 literal, with an optional :port. No scheme, path, userinfo or whitespace.
@@ -60,7 +62,9 @@ def default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Every knob of the service; docs/configuration.md lists them."""
 
-    model_config = SettingsConfigDict(env_prefix="SPINDLE_", extra="ignore")
+    # hide_input_in_errors: a bad SPINDLE_SECRETS_KEY (or a database URL with a password) is never
+    # echoed back in an error message.
+    model_config = SettingsConfigDict(env_prefix="SPINDLE_", extra="ignore", hide_input_in_errors=True)
 
     hostname: str = "localhost:6555"
     public_url: str | None = None
@@ -101,6 +105,21 @@ class Settings(BaseSettings):
     actions_offline: bool = False
     # The cache's bound; least recently used actions are removed past it.
     actions_cache_mb: int = Field(default=2048, ge=1)
+
+    # The key that encrypts stored secret values (docs/secrets.md): 32 random bytes in base64,
+    # standard or URL-safe alphabet. Unset: <data_dir>/secrets.key, created (mode 0600) on first use.
+    secrets_key: SecretStr | None = None
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _check_secrets_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # The value is never echoed: the message says what is wrong with it, not what it is.
+        if value is not None:
+            try:
+                decode_key(value.get_secret_value(), source="SPINDLE_SECRETS_KEY")
+            except SecretsKeyError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("hostname")
     @classmethod

@@ -2,7 +2,8 @@
 by routes, and stopped in reverse order when it ends.
 
     AppContext(settings)   builds them, connecting nothing yet
-    await ctx.start()      the pipeline writer, the scheduler, the knot event consumer
+    await ctx.start()      checks the secrets key against the stored secrets, then starts the
+                           pipeline writer, the scheduler, the knot event consumer
     await ctx.close()      stops those, then closes clients and the database engine
 """
 
@@ -16,6 +17,7 @@ from app.auth.replay import SharedReplayLedger
 from app.auth.verifier import ServiceAuthVerifier
 from app.config import Settings
 from app.database import create_engine, create_sessionmaker, is_sqlite
+from app.engine import masking
 from app.engine.queue import Scheduler
 from app.identity.resolver import DidResolver
 from app.knot.client import KnotClient
@@ -23,6 +25,8 @@ from app.knot.events import KnotEventConsumer
 from app.repos.service import RegistrationCache
 from app.runs.flows import RunFlows, RunStarter
 from app.runs.writer import PipelineWriter
+from app.secrets import service as secrets_service
+from app.secrets.crypto import SecretCipher
 from app.streams.broker import Broker
 
 
@@ -45,8 +49,13 @@ class AppContext:
         ledger = None if is_sqlite(settings.resolved_database_url) else SharedReplayLedger(engine=self.engine)
         self.verifier = ServiceAuthVerifier(resolver=self.resolver, service_did=settings.did, ledger=ledger)
         self.knot = KnotClient(dev=settings.dev, timeout=settings.knot_timeout)
+        self.secrets = SecretCipher.from_settings(settings)
         self.scheduler = Scheduler(
-            settings=settings, sessionmaker=self.sessionmaker, broker=self.broker, knot=self.knot
+            settings=settings,
+            sessionmaker=self.sessionmaker,
+            broker=self.broker,
+            knot=self.knot,
+            secrets=self.secrets,
         )
         self.writer = PipelineWriter(engine=self.engine)
         self.registrations = RegistrationCache(sessionmaker=self.sessionmaker)
@@ -63,6 +72,11 @@ class AppContext:
         self.extras: dict[str, Any] = {}
 
     async def start(self) -> None:
+        # A wrong or missing key stops the service here, naming SPINDLE_SECRETS_KEY, rather than
+        # failing every run that has secrets later.
+        async with self.sessionmaker() as session:
+            await secrets_service.check_stored_key(session=session, cipher=self.secrets)
+        masking.install_log_filter()
         await self.writer.start()
         await self.scheduler.start()
         await self.consumer.start()

@@ -16,6 +16,7 @@ from app.deps import CtxDep
 from app.identity import router as identity_router
 from app.runs import cancel as runs_cancel
 from app.runs import router as runs_router
+from app.secrets import router as secrets_router
 from app.streams import router as streams_router
 from app.xrpc.errors import install_error_handlers
 from app.xrpc.openapi import install_openapi
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     app.include_router(identity_router.router)
     app.include_router(runs_cancel.router)
+    app.include_router(secrets_router.router)
     app.include_router(streams_router.router)
 
     @app.get("/healthz")

@@ -5,6 +5,7 @@ from app.database import Base
 from app.knot.models import KnotCursor
 from app.repos.models import Repo
 from app.runs.models import LogLine, Pipeline, StatusEvent, WorkflowRun
+from app.secrets.models import RepoSecret
 
 __all__ = [
     "Base",
@@ -13,6 +14,7 @@ __all__ = [
     "LogLine",
     "Pipeline",
     "Repo",
+    "RepoSecret",
     "StatusEvent",
     "WorkflowRun",
 ]

@@ -72,6 +72,8 @@ class RunSpec:
     trigger: Mapping[str, Any] = field(default_factory=dict)
     clone_url: str = ""
     knot_url: str = ""
+    # `secrets.*` of this run (app.secrets.service.for_run); never in a repr or a log.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def event_name(self) -> str:

@@ -6,7 +6,9 @@ topic `logs_topic(run_id)` as one list of dicts (see `line_payload`). The broker
 so no number of watchers slows a step down. A run may store at most MAX_LINES lines and
 `max_bytes` (SPINDLE_RUN_LOG_MB) of content, every stored line counted, step boundaries and their
 commands included; past that a control line says the log was truncated and further output is
-counted but dropped. Step start/end lines are still kept, without their command, so that the log
+counted but dropped. Every line is masked first (`masker`, app.engine.masking): the run's secret
+values and what its steps registered with `::add-mask::` never reach the database or a watcher.
+Step start/end lines are still kept, without their command, so that the log
 keeps its shape, but only within a small reserve (CONTROL_RESERVE_BYTES): a run of endless empty
 steps cannot grow the log past its cap either.
 """
@@ -24,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.background import BackgroundLoop
 from app.database import utcnow
+from app.engine import masking
+from app.engine.masking import Masker
 from app.runs.models import LogLine
 from app.streams.broker import Broker, logs_topic
 
@@ -66,6 +70,7 @@ class LogSink:
     max_lines: int = MAX_LINES
     max_bytes: int = MAX_BYTES
     max_line_chars: int = MAX_LINE_CHARS
+    masker: Masker = field(default_factory=Masker)
     lines: int = field(default=0, init=False)
     bytes: int = field(default=0, init=False)
     dropped: int = field(default=0, init=False)
@@ -75,18 +80,28 @@ class LogSink:
     _flusher: BackgroundLoop = field(default_factory=BackgroundLoop, init=False)
 
     async def start(self) -> None:
+        masking.register(self.masker)
         self._flusher.start(self._flush_loop(), name=f"logs-{self.run_id}")
 
     async def close(self) -> None:
         """Write everything still buffered; after this the log is complete in the database."""
-        await self._flusher.stop()
-        await self.flush()
+        try:
+            await self._flusher.stop()
+            await self.flush()
+        finally:
+            masking.unregister(self.masker)
 
     def data(self, content: str, *, stream: str, step_id: int | None) -> None:
         """One line a process wrote (stream is stdout or stderr)."""
         if self.truncated:
             self.dropped += 1
             return
+        if step_id is not None and stream in ("stdout", "stderr"):
+            # `::add-mask::<value>`, a workflow command: the value is masked from this line on.
+            command = self.masker.take_command(content)
+            if command is not None:
+                content = command
+        content = self.masker.mask(content)
         if len(content) > self.max_line_chars:
             content = content[: self.max_line_chars] + TRUNCATED_SUFFIX
         size = len(content.encode("utf-8", errors="replace"))
@@ -111,6 +126,9 @@ class LogSink:
         step_command: str | None = None,
     ) -> None:
         """A step boundary (step_status start|end) or a note about the log itself."""
+        content = self.masker.mask(content)
+        if step_command is not None:
+            step_command = self.masker.mask(step_command)
         if len(content) > self.max_line_chars:
             content = content[: self.max_line_chars] + TRUNCATED_SUFFIX
         if step_command is not None and len(step_command) > self.max_line_chars:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import socket
@@ -41,10 +42,13 @@ from app.engine.container import images
 from app.engine.container.backend import ContainerBackend, deployment_id
 from app.engine.context import RunSpec
 from app.engine.logs import LogSink
+from app.engine.masking import Masker
 from app.engine.runner import RunOutcome, WorkflowRunner
 from app.knot.client import KnotClient
 from app.runs.models import Status, WorkflowRun
 from app.runs.status import announce, transition
+from app.secrets import service as secrets_service
+from app.secrets.crypto import SecretCipher
 from app.streams.broker import Broker
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,10 @@ def default_instance_id(settings: Settings) -> str:
     return f"{socket.gethostname()}-{hashlib.sha256(place.encode()).hexdigest()[:12]}"
 
 
+class _SecretsUnavailable(Exception):
+    """The run's secrets exist but cannot be opened (a wrong key, a tampered row)."""
+
+
 @dataclass
 class _Active:
     task: asyncio.Task[None] | None = None
@@ -84,6 +92,7 @@ class Scheduler:
         broker: Broker,
         knot: KnotClient,
         backend: Backend | None = None,
+        secrets: SecretCipher | None = None,
         poll_interval: float = POLL_INTERVAL,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         stale_after: float = STALE_AFTER,
@@ -96,6 +105,7 @@ class Scheduler:
         self.backend: Backend = backend or ContainerBackend(
             settings=settings, instance_id=self.instance_id, deployment=deployment_id(settings)
         )
+        self.secrets = secrets or SecretCipher.from_settings(settings)
         self._image: asyncio.Task[None] | None = None
         # Job containers running at once in this process, across all its runs (SPINDLE_MAX_JOBS).
         self.job_slots = asyncio.Semaphore(settings.max_jobs)
@@ -356,15 +366,38 @@ class Scheduler:
             knot_url=self.knot.base_url(pipeline.knot),
         )
 
+    async def _run_secrets(self, spec: RunSpec) -> tuple[RunSpec, str | None, str | None]:
+        """`spec` with its secrets; a note when they were withheld; an error when they could not be
+        opened (the run then fails before any step runs, naming the key, never a value)."""
+        try:
+            found = await secrets_service.for_run(
+                sessionmaker=self.sessionmaker,
+                cipher=self.secrets,
+                pipeline=spec,
+                knot=spec.knot,
+                name=spec.repo_name,
+            )
+        except Exception as exc:
+            log.warning("run %d: could not open its repo's secrets: %s", spec.run_id, type(exc).__name__)
+            return spec, None, f"the repo's secrets could not be opened: {exc}"
+        return dataclasses.replace(spec, secrets=found.values), found.withheld, None
+
     async def _execute(self, spec: RunSpec, active: _Active) -> None:
+        spec, withheld, secrets_error = await self._run_secrets(spec)
         logs = LogSink(
             run_id=spec.run_id,
             sessionmaker=self.sessionmaker,
             broker=self.broker,
             max_bytes=self.settings.run_log_mb * 1024 * 1024,
+            masker=Masker(tuple(spec.secrets.values())),
         )
         await logs.start()
         try:
+            if withheld is not None:
+                logs.notice(withheld)
+            if secrets_error is not None:
+                logs.notice(secrets_error)
+                raise _SecretsUnavailable(secrets_error)
             runner = WorkflowRunner(
                 backend=self.backend,
                 logs=logs,
@@ -374,6 +407,8 @@ class Scheduler:
                 job_slots=self.job_slots,
             )
             outcome = await runner.run(spec)
+        except _SecretsUnavailable as exc:
+            outcome = RunOutcome(Status.FAILED, str(exc))
         except Exception as exc:
             log.exception("run %d failed inside the spindle", spec.run_id)
             logs.notice(f"internal error: {type(exc).__name__}; the run is stopped")

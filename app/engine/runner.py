@@ -380,7 +380,9 @@ class WorkflowRunner:
             "inputs": inputs_context(workflow.inputs, spec.inputs),
             "needs": needs,
             "vars": dict(self.settings.vars),
-            "secrets": {},
+            # The repo's secrets, only ever through expressions: no step gets them as variables
+            # unless the workflow maps them into env: itself.
+            "secrets": dict(spec.secrets),
         }
         status = _NeedsStatus([results[a].result for a in self._ancestors(workflow, job)], self.cancel)
         try:
