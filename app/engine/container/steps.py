@@ -95,8 +95,9 @@ async def _run(
         for task in (cancelled, waiter, reader):
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Retrieved, whatever it was: the container may have been removed under it (destroy_job).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for splitter in splitters.values():
             splitter.close()
     state: dict[str, Any] = {}
