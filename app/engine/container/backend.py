@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import re
 import secrets
 import tarfile
@@ -223,7 +222,6 @@ class ContainerBackend:
         self.engine_name = "?"
         self.podman = False
         self.userns = False
-        self._root = os.geteuid() == 0
         self.firewall = firewall.Firewall()
         self._jobs: dict[str, Job] = {}
 
@@ -787,9 +785,9 @@ class ContainerBackend:
     ) -> str:
         """The image of a Docker action's Dockerfile, built once per job and context content.
 
-        RUN lines get no network, the job's memory and CPUs and (Podman as root) a user namespace
-        of their own; the image carries the job's labels and goes with destroy_job or reap. An
-        image larger than the job's disk limit is removed and fails the step."""
+        RUN lines get no network and the job's memory and CPUs (build.py); the image carries the
+        job's labels and goes with destroy_job or reap.
+        An image larger than the job's disk limit is removed and fails the step."""
         limits = job.spec.limits
         max_bytes = min(MAX_CONTEXT_BYTES, limits.disk_mb * 1024 * 1024)
         archive = await asyncio.to_thread(build.context_archive, context, dockerfile, max_bytes=max_bytes)
@@ -804,7 +802,6 @@ class ContainerBackend:
                 memory_bytes=limits.memory_mb * 1024 * 1024,
                 cpus=limits.cpus,
                 podman=self.podman,
-                userns=self.podman and self.userns and self._root,
             )
             params = build.build_params(
                 tag=tag, dockerfile=dockerfile, labels=self._labels(job.spec, "image"), isolation=isolation

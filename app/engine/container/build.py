@@ -9,7 +9,7 @@ directory is read); owners, times and other file types dropped, so the same file
 archive and its digest names the content (the per-job cache of built images is keyed by it).
 
 A Dockerfile's RUN lines are code of whoever wrote the action: `BuildIsolation` says how they run
-(no network, the job's memory and CPUs, on Podman in a user namespace of their own).
+(no network, the job's memory and CPUs; not in a user namespace, see build_params).
 
 Errors: StepImageError (app/engine/backend.py), with the build's last lines.
 """
@@ -51,7 +51,6 @@ class BuildIsolation:
     memory_bytes: int
     cpus: float
     podman: bool
-    userns: bool  # Podman as root: RUN in a user namespace of its own (`userns=auto`)
 
 
 def check_dockerfile_path(dockerfile: str) -> str:
@@ -145,9 +144,11 @@ def build_params(
         params["networkmode"] = "NetworkDisabled"
         params["nsoptions"] = json.dumps([{"Name": "network", "Host": False}])
         params["layers"] = "0"
-        if isolation.userns:
-            # Otherwise RUN is host root: the same `userns=auto` ranges as job containers.
-            params["idmappingoptions"] = json.dumps({"AutoUserNs": True})
+        # No user namespace for RUN: Podman 4.3 gives a mapped build (`--userns=auto`, or explicit
+        # maps) a root file system still owned by the unmapped host root, so no RUN line can write
+        # to it (`podman build --userns=auto` fails the same way). RUN is the engine's root with the
+        # default capabilities and seccomp profile, no network, the job's memory and CPUs, as with
+        # `docker build` on Docker without userns-remap (docs/execution.md says so).
     else:
         params["networkmode"] = "none"
     return params
