@@ -888,6 +888,13 @@ class ContainerBackend:
             result.limit = (
                 f"the job ran out of memory (limit {job.spec.limits.memory_mb} MiB, SPINDLE_JOB_MEMORY_MB)"
             )
+        elif result.exit_code == EXIT_LIMIT and not (result.timed_out or result.cancelled):
+            # Podman in a user namespace does not always report OOMKilled, and the container's
+            # cgroup counters are gone with it: a SIGKILL nobody here sent is most likely the OOM killer.
+            result.limit = (
+                "the step's container was killed (SIGKILL), most likely out of memory "
+                f"(limit {job.spec.limits.memory_mb} MiB, SPINDLE_JOB_MEMORY_MB)"
+            )
         return result
 
     # -- tearing down -------------------------------------------------------------------------
