@@ -11,6 +11,10 @@ processes in it. Lifecycle, as Woodpecker's backends have it:
       exec(job, request, ...)         one process to completion, timeout or cancel
       read_file(job, path, limit)     a file command the step wrote (GITHUB_OUTPUT ...)
       limit_hits(job)                 which per-job limit a failed process ran into
+      build_action_image(job, ...)    a Docker action's image, built from its Dockerfile
+      prepare_step_image(job, image)  a `docker://` image, local or pulled
+      run_step_container(job, step)   one container beside the job's, sharing its network and
+                                      its files (/__w, /github), to completion, timeout or cancel
     destroy_job(job)                  containers, network and volumes of the job, gone
     reap(running=...)                 what a crashed process left behind, gone
     close()                           at shutdown
@@ -43,6 +47,11 @@ class EngineUnavailable(RuntimeError):
 class JobSetupError(RuntimeError):
     """This job cannot start: its image cannot be had, a service never became healthy, a bad
     option. The message is for the run's log."""
+
+
+class StepImageError(RuntimeError):
+    """A step's image (a Docker action's Dockerfile, a `docker://` image) cannot be built or had.
+    The message is for the run's log; the step fails, not the job's setup."""
 
 
 class FileCommandError(RuntimeError):
@@ -96,6 +105,10 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)  # the container's own (image + container:)
     commands: frozenset[str] = frozenset()  # which of PROBED_COMMANDS the image has
     watch: asyncio.Task[None] | None = None
+    volumes: dict[str, str] = field(default_factory=dict)  # mount path -> volume name
+    meter: str | None = None  # the container that measures the volumes (the disk watch)
+    steps: set[str] = field(default_factory=set)  # step containers running now
+    images: dict[str, str] = field(default_factory=dict)  # build context digest -> image built
 
 
 @dataclass
@@ -105,6 +118,18 @@ class ExecRequest:
     cwd: str  # a path inside the job's container
     timeout: float  # seconds of wall-clock time before every process the step started is killed
     user: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerStep:
+    """A step that runs in a container of its own image (a Docker action, `docker://`)."""
+
+    image: str
+    entrypoint: list[str] | None  # None: the image's ENTRYPOINT
+    args: list[str]  # the command (after the entrypoint); empty: the image's CMD
+    env: dict[str, str]
+    cwd: str  # a path inside the container, usually the workspace
+    timeout: float
 
 
 @dataclass
@@ -145,6 +170,24 @@ class Backend(Protocol):
     ) -> ExecResult: ...
 
     async def read_files(self, job: Job, paths: Mapping[str, str], *, limit: int) -> dict[str, bytes]: ...
+
+    async def build_action_image(
+        self, job: Job, context: Path, dockerfile: str, *, progress: Progress
+    ) -> str:
+        """The image of `dockerfile` (a path relative to `context`, a directory on the host), built
+        once per job and context content; StepImageError with the build's last lines if it fails."""
+        ...
+
+    async def prepare_step_image(self, job: Job, image: str, *, progress: Progress) -> str:
+        """`image` as the engine names it, pulled when missing; StepImageError if it cannot be had."""
+        ...
+
+    async def run_step_container(
+        self, job: Job, step: ContainerStep, *, output: OutputSink, cancel: asyncio.Event
+    ) -> ExecResult:
+        """`step` in a container that shares the job container's network and files, its output
+        streamed, removed when it ends; killed on timeout or cancel."""
+        ...
 
     async def destroy_job(self, job: Job) -> None: ...
 

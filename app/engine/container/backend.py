@@ -10,6 +10,14 @@ A job is:
                               its user namespace): reachable on `localhost` at their ports and by
                               their service id, which the job container's /etc/hosts maps to
                               127.0.0.1, as GitHub's runners make them reachable
+    two volumes               /__w (workspace, temp, file commands) and /github (home, event),
+                              mounted at the same paths in the job container and in every step
+                              container (Docker actions), so the paths a step's env names hold in both
+    a meter container         the job's image, no network, the volumes read-only: measures them for
+                              the disk limit with a `du` the job cannot replace
+    step containers           one per Docker action step (steps.py), sharing the job container's
+                              network namespace (and, on Podman, its user namespace) and volumes
+    built images              Docker actions' Dockerfiles, built with no network (build.py)
 
 Isolation (docs/execution.md): container root maps to an unprivileged host uid (Podman's
 `userns=auto`; Docker with userns-remap), no-new-privileges, the engine's default capabilities
@@ -38,11 +46,13 @@ from typing import Any
 import aiodocker
 from aiodocker.exceptions import DockerError
 from aiodocker.networks import DockerNetwork
+from aiodocker.volumes import DockerVolume
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.engine.backend import (
     PROBED_COMMANDS,
+    ContainerStep,
     EngineUnavailable,
     ExecRequest,
     ExecResult,
@@ -53,8 +63,9 @@ from app.engine.backend import (
     OutputSink,
     Progress,
     ServiceSpec,
+    StepImageError,
 )
-from app.engine.container import firewall
+from app.engine.container import build, firewall, steps
 from app.engine.container.options import ContainerOptions, HealthCheck
 
 log = logging.getLogger(__name__)
@@ -63,7 +74,19 @@ LABEL_DEPLOYMENT = "dev.spindle.deployment"  # spindles sharing a database share
 LABEL_INSTANCE = "dev.spindle.instance"
 LABEL_RUN = "dev.spindle.run"
 LABEL_JOB = "dev.spindle.job"
-LABEL_ROLE = "dev.spindle.role"  # job | service
+LABEL_ROLE = "dev.spindle.role"  # job | service | meter | step | image
+# The job's files live in volumes of the job, mounted here in the job container and in every step
+# container: /__w holds the workspace, RUNNER_TEMP and the file commands, /github HOME and the event.
+VOLUME_PATHS = ("/__w", "/github")
+# The meter's own limits: it runs `du` every DISK_WATCH_INTERVAL, nothing else.
+METER_MEMORY = 64 * 1024 * 1024
+METER_PROCESSES = 16
+# A `du` of the job's volumes that takes longer than this counts as over the disk limit: only
+# millions of files take that long, and the job that made them is the one stopped.
+METER_TIMEOUT = 120.0
+# Largest build context (the action's directory) sent to the engine.
+MAX_CONTEXT_BYTES = 512 * 1024 * 1024
+ACTION_REPOSITORY = "localhost/spindle-action"
 # PID 1 of a job container: waits forever and, being PID 1, reaps every orphan a step leaves
 # (dash's `wait` reaps any child while it waits), so killed processes do not stay zombies.
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
@@ -286,12 +309,14 @@ class ContainerBackend:
         try:
             images = [self._ensure_image(spec.image, spec.credentials, progress)]
             images += [self._ensure_image(s.image, s.credentials, progress) for s in spec.services]
-            await asyncio.gather(*images, self._create_network(job))
+            await asyncio.gather(*images, self._create_network(job), self._create_volumes(job))
             config = self._job_config(spec, network_mode=name if spec.network == "filtered" else "none")
+            config["HostConfig"]["Mounts"] = self._mounts(job)
             container = await docker.containers.create(config, name=name)
             job.container_id = container.id
             async with self._network_guard(spec):
                 await container.start()
+            job.meter = await self._start_meter(job)
             for service in spec.services:
                 job.services[service.id] = await self._start_service(job, service)
             await self.put_files(job, {}, directories=spec.directories)
@@ -318,6 +343,93 @@ class ContainerBackend:
             }
         )
         job.network_id = network.id
+
+    async def _create_volumes(self, job: Job) -> None:
+        for path in VOLUME_PATHS:
+            name = _name(job.name, path.strip("/").replace("/", "-") or "root")
+            volume = await self._docker.volumes.create(
+                {"Name": name, "Labels": self._labels(job.spec, "job")}
+            )
+            job.volumes[path] = volume.name
+
+    def _mounts(self, job: Job, *, read_only: bool = False) -> list[dict[str, Any]]:
+        return [
+            {"Type": "volume", "Source": volume, "Target": path, "ReadOnly": read_only}
+            for path, volume in job.volumes.items()
+        ]
+
+    def _joined(self, job: Job, host: dict[str, Any], *, network: bool = True) -> None:
+        """`host` (a HostConfig) shares the job container's namespaces, as services do."""
+        if network:
+            host["NetworkMode"] = f"container:{job.container_id}"
+        if self.podman:
+            # Joining another container's network namespace needs its user namespace too (a
+            # container in another one may not mount /sys for it); on the volumes, the same user
+            # ids are the same owners.
+            host["UsernsMode"] = f"container:{job.container_id}"
+
+    async def _start_meter(self, job: Job) -> str:
+        """A container of the job's image that sees the job's volumes read-only and nothing else:
+        the disk watch runs `du` there, where the job cannot replace it."""
+        host: dict[str, Any] = {
+            "NetworkMode": "none",
+            "Memory": METER_MEMORY,
+            "MemorySwap": METER_MEMORY,
+            "PidsLimit": METER_PROCESSES,
+            "NanoCpus": int(0.5e9),
+            "SecurityOpt": ["no-new-privileges"],
+            "Mounts": self._mounts(job, read_only=True),
+        }
+        self._joined(job, host, network=False)
+        config: dict[str, Any] = {
+            "Image": job.spec.image,
+            "Entrypoint": [],
+            "Cmd": KEEPALIVE,
+            "User": "0",
+            "Labels": self._labels(job.spec, "meter"),
+            "HostConfig": host,
+        }
+        try:
+            container = await self._docker.containers.create(config, name=_name(job.name, "meter"))
+            job.meter = container.id
+            await container.start()
+        except DockerError as exc:
+            raise JobSetupError(f"the job's disk meter did not start: {exc.message}") from None
+        if await self._volume_usage(job) is None:
+            raise JobSetupError(
+                f"the job's image {job.spec.image} has no `du`, which measures the job's disk use"
+            )
+        return container.id
+
+    async def _volume_usage(self, job: Job) -> int | None:
+        """Bytes in the job's volumes by the meter's `du`; None if it cannot be run at all.
+        A `du` slower than METER_TIMEOUT counts as over any limit."""
+        if job.meter is None:
+            return 0
+        container = self._docker.containers.container(job.meter)
+        # `du` itself, no shell: the meter's image is read-only to the job anyway.
+        argv = ["du", "-skx", *job.volumes]
+        out: list[bytes] = []
+        try:
+            execution = await container.exec(cmd=argv, stdout=True, stderr=False, user="0")
+            async with asyncio.timeout(METER_TIMEOUT):
+                async with execution.start(detach=False) as stream:
+                    while (message := await stream.read_out()) is not None:
+                        if message.stream == 1 and sum(map(len, out)) < 16384:
+                            out.append(message.data)
+            code = (await execution.inspect()).get("ExitCode")
+        except TimeoutError:
+            return 1 << 62
+        except DockerError:
+            return None
+        if code == 127:
+            return None
+        total = 0
+        for line in b"".join(out).decode(errors="replace").splitlines():
+            kib = line.split("\t", 1)[0].strip()
+            if kib.isdigit():
+                total += int(kib) * 1024
+        return total
 
     def _network_guard(self, spec: JobSpec) -> contextlib.AbstractAsyncContextManager[None]:
         if spec.network == "filtered":
@@ -372,11 +484,7 @@ class ContainerBackend:
     async def _start_service(self, job: Job, service: ServiceSpec) -> str:
         spec = job.spec
         host = self._limits(spec, service.options)
-        host["NetworkMode"] = f"container:{job.container_id}"
-        if self.podman:
-            # Joining another container's network namespace needs its user namespace too (a
-            # container in another one may not mount /sys for it).
-            host["UsernsMode"] = f"container:{job.container_id}"
+        self._joined(job, host)
         env = {**service.options.env, **service.env}
         config: dict[str, Any] = {
             "Image": service.image,
@@ -654,11 +762,11 @@ class ContainerBackend:
     async def _watch_disk(self, job: Job) -> None:
         """The writable layer's size, every few seconds: past the limit, the job is stopped."""
         limit = job.spec.limits.disk_mb * 1024 * 1024
-        ids = [job.container_id, *job.services.values()]
         while True:
             await asyncio.sleep(DISK_WATCH_INTERVAL)
-            used = 0
-            for container_id in ids:
+            used = await self._volume_usage(job) or 0
+            # Writable layers: the job container's, its services' and its running step containers'.
+            for container_id in [job.container_id, *job.services.values(), *job.steps]:
                 with contextlib.suppress(DockerError):
                     info = await self._docker.containers.container(container_id).show(size="1")
                     used += int(info.get("SizeRw") or 0)
@@ -667,7 +775,127 @@ class ContainerBackend:
                     f"the job wrote more than {job.spec.limits.disk_mb} MiB to disk (SPINDLE_JOB_DISK_MB)"
                 )
                 await self._kill_processes(job)
+                await asyncio.gather(*(self._remove_container(step) for step in list(job.steps)))
                 return
+
+    # -- steps in containers of their own (Docker actions) -------------------------------------
+
+    async def build_action_image(
+        self, job: Job, context: Path, dockerfile: str, *, progress: Progress
+    ) -> str:
+        """The image of a Docker action's Dockerfile, built once per job and context content.
+
+        RUN lines get no network and the job's memory and CPUs (build.py); the image carries the
+        job's labels and goes with destroy_job or reap.
+        An image larger than the job's disk limit is removed and fails the step."""
+        limits = job.spec.limits
+        max_bytes = min(MAX_CONTEXT_BYTES, limits.disk_mb * 1024 * 1024)
+        archive = await asyncio.to_thread(build.context_archive, context, dockerfile, max_bytes=max_bytes)
+        try:
+            if archive.digest in job.images:
+                progress(
+                    f"using the image built for this action earlier in the job ({job.images[archive.digest]})"
+                )
+                return job.images[archive.digest]
+            tag = f"{ACTION_REPOSITORY}:{_name(job.name).lower()[:100]}-{archive.digest[:12]}"
+            isolation = build.BuildIsolation(
+                memory_bytes=limits.memory_mb * 1024 * 1024,
+                cpus=limits.cpus,
+                podman=self.podman,
+            )
+            params = build.build_params(
+                tag=tag, dockerfile=dockerfile, labels=self._labels(job.spec, "image"), isolation=isolation
+            )
+            progress(f"building {dockerfile} of the action ({archive.size >> 10} KiB of context)")
+            # Recorded first: a build cancelled half-way still leaves its tag to remove.
+            job.images[archive.digest] = tag
+            try:
+                await build.build_image(
+                    self._docker, archive, params=params, what=dockerfile, progress=progress
+                )
+            except BaseException:
+                del job.images[archive.digest]
+                await self._remove_image(tag)
+                raise
+        finally:
+            archive.file.close()
+        try:
+            size = int((await self._docker.images.inspect(tag)).get("Size") or 0)
+        except DockerError as exc:
+            del job.images[archive.digest]
+            raise StepImageError(
+                f"cannot build {dockerfile}: the engine has no image after it: {exc.message}"
+            ) from None
+        if size > limits.disk_mb * 1024 * 1024:
+            del job.images[archive.digest]
+            await self._remove_image(tag)
+            raise StepImageError(
+                f"the image built from {dockerfile} is larger than the job's disk limit "
+                f"({limits.disk_mb} MiB, SPINDLE_JOB_DISK_MB)"
+            )
+        return tag
+
+    async def prepare_step_image(self, job: Job, image: str, *, progress: Progress) -> str:
+        """A `docker://` image: the engine's own if it has it, else pulled (progress to the log)."""
+        from app.engine.container import images
+
+        try:
+            await images.ensure_image(self._docker, image, credentials=None, progress=progress)
+        except images.ImageError as exc:
+            raise StepImageError(str(exc)) from None
+        return image
+
+    def step_config(self, job: Job, step: ContainerStep) -> dict[str, Any]:
+        """The create body of a step container: the job's network (and, on Podman, user)
+        namespace, its volumes at the same paths, the job's limits and security settings."""
+        host = self._limits(job.spec, ContainerOptions())
+        self._joined(job, host)
+        host["Mounts"] = self._mounts(job)
+        config: dict[str, Any] = {
+            "Image": step.image,
+            "Env": [f"{k}={v}" for k, v in step.env.items()],
+            "WorkingDir": step.cwd,
+            "Labels": self._labels(job.spec, "step"),
+            "HostConfig": host,
+        }
+        if step.entrypoint is not None:
+            config["Entrypoint"] = list(step.entrypoint)
+        if step.args:
+            config["Cmd"] = list(step.args)
+        elif step.entrypoint is not None:
+            config["Cmd"] = []  # as `docker run --entrypoint`: the image's CMD is not appended
+        return config
+
+    async def run_step_container(
+        self, job: Job, step: ContainerStep, *, output: OutputSink, cancel: asyncio.Event
+    ) -> ExecResult:
+        if job.limit_hit is not None:
+            return ExecResult(None, error=job.limit_hit, limit=job.limit_hit)
+        result, state = await steps.run(
+            self._docker,
+            self.step_config(job, step),
+            name=_name(job.name, "step", secrets.token_hex(3)),
+            timeout=step.timeout,
+            output=output,
+            cancel=cancel,
+            lines=_Lines,
+            started=job.steps.add,
+            finished=job.steps.discard,
+        )
+        if job.limit_hit is not None:
+            result.limit = job.limit_hit
+        elif state.get("OOMKilled"):
+            result.limit = (
+                f"the job ran out of memory (limit {job.spec.limits.memory_mb} MiB, SPINDLE_JOB_MEMORY_MB)"
+            )
+        elif result.exit_code == EXIT_LIMIT and not (result.timed_out or result.cancelled):
+            # Podman in a user namespace does not always report OOMKilled, and the container's
+            # cgroup counters are gone with it: a SIGKILL nobody here sent is most likely the OOM killer.
+            result.limit = (
+                "the step's container was killed (SIGKILL), most likely out of memory "
+                f"(limit {job.spec.limits.memory_mb} MiB, SPINDLE_JOB_MEMORY_MB)"
+            )
+        return result
 
     # -- tearing down -------------------------------------------------------------------------
 
@@ -677,15 +905,18 @@ class ContainerBackend:
             job.watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await job.watch
-        # Services first: they share the job container's namespaces, and an engine refuses to
-        # remove a container others depend on.
-        await asyncio.gather(
-            *(self._remove_container(container_id) for container_id in job.services.values())
-        )
+        # Steps, services and the meter first: they share the job container's namespaces, and an
+        # engine refuses to remove a container others depend on.
+        dependents = [*job.steps, *job.services.values(), *([job.meter] if job.meter else [])]
+        await asyncio.gather(*(self._remove_container(container_id) for container_id in dependents))
         if job.container_id:
             await self._remove_container(job.container_id)
         if job.network_id is not None:
             await self._remove_network(job.network_id)
+        for volume in job.volumes.values():
+            await self._remove_volume(volume)
+        for image in job.images.values():
+            await self._remove_image(image)
 
     async def _remove_container(self, container_id: str) -> None:
         """Killed (SIGKILL, every process in it) and removed with its anonymous volumes."""
@@ -697,6 +928,14 @@ class ContainerBackend:
         with contextlib.suppress(DockerError):
             await DockerNetwork(self._docker, network_id).delete()
 
+    async def _remove_volume(self, name: str) -> None:
+        with contextlib.suppress(DockerError):
+            await DockerVolume(self._docker, name).delete(force=True)
+
+    async def _remove_image(self, image: str) -> None:
+        with contextlib.suppress(DockerError):
+            await self._docker.images.delete(image, force=True)
+
     async def reap(self, *, running: Callable[[], Awaitable[Collection[int]]]) -> int:
         docker = self._docker
         label = f"{LABEL_DEPLOYMENT}={self.deployment}"
@@ -705,6 +944,8 @@ class ContainerBackend:
         # other order removed the network of a run another process had just claimed.
         containers = await docker.containers.list(all=True, filters={"label": [label]})
         networks = await docker.networks.list(filters={"label": [label]})
+        volumes = (await docker.volumes.list(filters={"label": [label]})).get("Volumes") or []
+        images = await docker.images.list(filters={"label": [label]})
         keep = set(await running())
 
         def gone(labels: Mapping[str, str] | None) -> bool:
@@ -712,11 +953,17 @@ class ContainerBackend:
             return not (run.isdigit() and int(run) in keep)
 
         doomed = [c for c in containers if gone(c["Labels"])]
-        # Services before the job containers they depend on.
-        doomed.sort(key=lambda c: (c["Labels"] or {}).get(LABEL_ROLE) != "service")
+        # Steps, services and meters before the job containers they depend on.
+        doomed.sort(key=lambda c: (c["Labels"] or {}).get(LABEL_ROLE) == "job")
         for container in doomed:
             await self._remove_container(container.id)
         for network in networks:
             if gone(network.get("Labels")):
                 await self._remove_network(network["Id"])
+        for volume in volumes:
+            if gone(volume.get("Labels")):
+                await self._remove_volume(volume["Name"])
+        for image in images:
+            if gone(image.get("Labels")):
+                await self._remove_image(image["Id"])
         return len(doomed)
