@@ -309,7 +309,14 @@ class ContainerBackend:
         try:
             images = [self._ensure_image(spec.image, spec.credentials, progress)]
             images += [self._ensure_image(s.image, s.credentials, progress) for s in spec.services]
-            await asyncio.gather(*images, self._create_network(job), self._create_volumes(job))
+            # Every part is waited for, even when one fails, so that destroy_job below finds all
+            # that was created (a failed pull must not race the volumes still being made).
+            results = await asyncio.gather(
+                *images, self._create_network(job), self._create_volumes(job), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
             config = self._job_config(spec, network_mode=name if spec.network == "filtered" else "none")
             config["HostConfig"]["Mounts"] = self._mounts(job)
             container = await docker.containers.create(config, name=name)
@@ -913,9 +920,9 @@ class ContainerBackend:
             await self._remove_container(job.container_id)
         if job.network_id is not None:
             await self._remove_network(job.network_id)
-        for volume in job.volumes.values():
+        for volume in list(job.volumes.values()):
             await self._remove_volume(volume)
-        for image in job.images.values():
+        for image in list(job.images.values()):
             await self._remove_image(image)
 
     async def _remove_container(self, container_id: str) -> None:
