@@ -295,7 +295,8 @@ class ActionSteps:
             env, step_evaluation, _ = self.runner.environment(
                 state, {}, evaluation, action=step.id or _action_id(step.uses), step_env=step.env
             )
-            env.update(self._inputs(action, step.with_, step_evaluation, step_id))
+            inputs = self._inputs(action, step.with_, step_evaluation, step_id)
+            env.update({input_variable(name): value for name, value in inputs.items()})
         except (engine_runner.StepError, ExpressionError) as exc:
             return self._fail(where, str(exc), step_id)
         return await self._run_node(
