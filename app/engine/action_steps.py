@@ -66,6 +66,7 @@ from app.workflows.loader import MAX_SOURCE_BYTES
 from app.workflows.uses import DockerImage, LocalAction, RepositoryAction, Uses
 
 if TYPE_CHECKING:
+    from app.engine.context import RunSpec
     from app.engine.runner import StepOutcome, WorkflowRunner, _InstanceState
 
 ACTIONS_ROOT = "/__w/_actions"
@@ -195,7 +196,14 @@ class ActionSteps:
                 state.action_state.pre_state[step.index] = outcome.saved_state
 
     async def run_step(
-        self, step: Step, evaluation: Evaluation, state: _InstanceState, *, step_id: int, where: str
+        self,
+        spec: RunSpec,
+        step: Step,
+        evaluation: Evaluation,
+        state: _InstanceState,
+        *,
+        step_id: int,
+        where: str,
     ) -> StepOutcome:
         """The action a workflow step uses, run to its outcome (its output logged under step_id)."""
 
@@ -209,8 +217,8 @@ class ActionSteps:
             return self._fail(where, str(exc), step_id)
         display = self._label(step, evaluation)
         return await self._run_action(
-            step.uses, step.with_, step_evaluation, env=env, inherited=own, state=state, step_id=step_id,
-            where=where, display=display, step_limit=step_limit, depth=0,
+            spec, step.uses, step.with_, step_evaluation, env=env, inherited=own, state=state,
+            step_id=step_id, where=where, display=display, step_limit=step_limit, depth=0,
             saved_state=state.action_state.pre_state.get(step.index, {}),
         )  # fmt: skip
 
@@ -308,6 +316,7 @@ class ActionSteps:
 
     async def _run_action(
         self,
+        spec: RunSpec,
         uses: Uses,
         with_: Mapping[str, Scalar],
         evaluation: Evaluation,
@@ -338,7 +347,7 @@ class ActionSteps:
             return self._fail(where, str(exc), step_id)
         if isinstance(runs, CompositeRuns):
             return await self._run_composite(
-                action, runs, inputs, evaluation, inherited=inherited, state=state, step_id=step_id,
+                spec, action, runs, inputs, evaluation, inherited=inherited, state=state, step_id=step_id,
                 where=where, depth=depth,
             )  # fmt: skip
         stage_env = {**env, **{input_variable(name): value for name, value in inputs.items()}}
@@ -397,6 +406,7 @@ class ActionSteps:
 
     async def _run_composite(
         self,
+        spec: RunSpec,
         action: LoadedAction,
         runs: CompositeRuns,
         inputs: dict[str, str],
@@ -464,7 +474,7 @@ class ActionSteps:
                 continue
             self.runner.logs.notice(f"{action.name}: {display}", step_id=step_id)
             outcome = await self._run_nested(
-                action, nested, nested_evaluation, inherited=inherited, state=state, step_id=step_id,
+                spec, action, nested, nested_evaluation, inherited=inherited, state=state, step_id=step_id,
                 where=nested_where, display=display, depth=depth,
             )  # fmt: skip
             try:
@@ -501,6 +511,7 @@ class ActionSteps:
 
     async def _run_nested(
         self,
+        spec: RunSpec,
         action: LoadedAction,
         step: Step,
         evaluation: Evaluation,
@@ -522,12 +533,13 @@ class ActionSteps:
             step_limit = engine_runner._minutes(step.timeout_minutes, step_evaluation, "timeout-minutes")
             if step.uses is not None:
                 if checkout.is_checkout(step.uses):
-                    raise engine_runner.StepError(
-                        "actions/checkout inside a composite action is not supported here; "
-                        "check out in the workflow's own steps"
+                    # The same checkout as a workflow's step: the run's commit, from the knot.
+                    remaining = state.deadline - asyncio.get_running_loop().time()
+                    return await self.runner._run_workflow_step(
+                        spec, step, evaluation, state, step_id, where, remaining
                     )
                 return await self._run_action(
-                    step.uses, step.with_, step_evaluation, env=env, inherited={**inherited, **own},
+                    spec, step.uses, step.with_, step_evaluation, env=env, inherited={**inherited, **own},
                     state=state, step_id=step_id, where=where, display=display, step_limit=step_limit,
                     depth=depth + 1, saved_state={},
                 )  # fmt: skip

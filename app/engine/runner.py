@@ -803,7 +803,7 @@ class WorkflowRunner:
         self.logs.control(display, step_id=step_id, step_status="start", step_command=command_text)
         if step.uses is not None and not checkout.is_checkout(step.uses):
             # Every other `uses:` is an action: fetched, placed in the container, run there.
-            outcome = await self.actions.run_step(step, evaluation, state, step_id=step_id, where=where)
+            outcome = await self.actions.run_step(spec, step, evaluation, state, step_id=step_id, where=where)
         else:
             outcome = await self._run_workflow_step(spec, step, evaluation, state, step_id, where, remaining)
         self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)

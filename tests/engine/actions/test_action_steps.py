@@ -14,8 +14,10 @@ from app.runs.models import Status
 from app.workflows.uses import parse_uses
 from tests.engine.conftest import Harness
 from tests.support.gitserver import GitServer
+from tests.support.knot import TestKnot
 from tests.support.podman import PodmanEngine
 
+REPO_DID = "did:plc:alice0000000000000000000"
 NOT_YET = "which this spindle does not run yet"
 GREET = """\
 name: Greet
@@ -357,3 +359,45 @@ async def test_a_javascript_action_in_an_image_without_node_fails_saying_so(
         f"the job's image {image} has no node, which the action acme/greet@v1 (runs.using: node20) "
         "needs: use an image with Node.js (the default runner image has it)"
     )
+
+
+async def test_composite_action_can_check_out_the_runs_commit(
+    harness: Harness, git_server: GitServer, knot: TestKnot
+) -> None:
+    repo = knot.create_repo(REPO_DID, "hello")
+    sha = repo.commit({"version.txt": "one\n"})
+    git_server.create_repo("acme", "prepare").commit(
+        {
+            "action.yml": """\
+inputs:
+  into: {default: src}
+runs:
+  using: composite
+  steps:
+    - uses: actions/checkout@v4
+      with:
+        path: ${{ inputs.into }}
+    - shell: bash
+      run: echo "checked out $(cat ${{ inputs.into }}/version.txt)"
+"""
+        }
+    )
+    await harness.started(actions_url=git_server.url)
+    run = await harness.run(
+        """
+        on: workflow_dispatch
+        jobs:
+          a:
+            steps:
+              - uses: acme/prepare@main
+                with: {into: code}
+              - run: test -f code/version.txt && echo visible-to-later-steps
+        """,
+        sha=sha,
+        knot=knot.host,
+        repo_did=REPO_DID,
+        repo_name="hello",
+    )
+    assert run.status is Status.SUCCESS, run.error
+    output = await harness.output(run.id)
+    assert "checked out one" in output and "visible-to-later-steps" in output
