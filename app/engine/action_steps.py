@@ -135,10 +135,6 @@ class _CompositeStatus:
         return self.cancel.is_set()
 
 
-class _Unrunnable(Exception):
-    """The action cannot run here; the message says why."""
-
-
 def input_variable(name: str) -> str:
     """INPUT_<NAME>: upper case, spaces as underscores (GitHub's @actions/core reads it so)."""
     return "INPUT_" + name.replace(" ", "_").upper()
@@ -177,9 +173,10 @@ class ActionSteps:
             if state.cancel.is_set():
                 return
             try:
-                action = await self._load(uses, state)
-            except (ActionError, _Unrunnable):
-                continue
+                async with asyncio.timeout(max(state.deadline - asyncio.get_running_loop().time(), 0.0)):
+                    action = await self._load(uses, state)
+            except (ActionError, TimeoutError):
+                continue  # the step says why when it comes
             runs = action.definition.runs
             if not isinstance(runs, NodeRuns) or runs.pre is None:
                 continue
@@ -206,7 +203,6 @@ class ActionSteps:
         where: str,
     ) -> StepOutcome:
         """The action a workflow step uses, run to its outcome (its output logged under step_id)."""
-
         assert step.uses is not None
         try:
             env, step_evaluation, own = self.runner.environment(
@@ -254,7 +250,6 @@ class ActionSteps:
         env: dict[str, str] | None = None,
     ) -> StepOutcome | None:
         """A `pre` or `post` as a step of its own in the log; None when its condition is false."""
-
         try:
             # GitHub's default for both is always(): they clean up after failures too.
             should_run = evaluate_condition(condition or "always()", evaluation)
@@ -297,7 +292,6 @@ class ActionSteps:
         where: str,
     ) -> StepOutcome:
         """`pre` sees the step's env and inputs as they evaluate before the first step."""
-
         assert step.uses is not None
         try:
             env, step_evaluation, _ = self.runner.environment(
@@ -335,9 +329,15 @@ class ActionSteps:
         if isinstance(uses, DockerImage):
             return self._run_docker(str(uses), where, step_id)
         try:
-            action = await self._load(uses, state)
-        except (ActionError, _Unrunnable) as exc:
+            # A fetch counts against the job's time, as a checkout's does.
+            async with asyncio.timeout(max(state.deadline - asyncio.get_running_loop().time(), 0.0)):
+                action = await self._load(uses, state)
+        except ActionError as exc:
             return self._fail(where, str(exc), step_id)
+        except TimeoutError:
+            message = f"job '{state.name}' timed out after {state.minutes:g} minutes"
+            self.runner.logs.data(f"Error: {message}", stream="stderr", step_id=step_id)
+            return engine_runner.StepOutcome("failure", error=message, timed_out=True, job_timed_out=True)
         runs = action.definition.runs
         if isinstance(runs, DockerRuns):
             return self._run_docker(action.name, where, step_id)
@@ -524,7 +524,6 @@ class ActionSteps:
         depth: int,
     ) -> StepOutcome:
         """One step of a composite action: a `run:` with its required `shell`, or another action."""
-
         try:
             env, step_evaluation, own = self.runner.environment(
                 state, {}, evaluation, action=step.id or f"__{_UNSAFE.sub('_', action.name)}",

@@ -401,3 +401,24 @@ runs:
     assert run.status is Status.SUCCESS, run.error
     output = await harness.output(run.id)
     assert "checked out one" in output and "visible-to-later-steps" in output
+
+
+async def test_a_fetch_that_never_ends_counts_against_the_jobs_time(
+    harness: Harness, git_server: GitServer
+) -> None:
+    serve_greet(git_server)
+    git_server.hold("fetch")
+    await harness.started(actions_url=git_server.url)
+    run = await harness.run(
+        """
+        on: workflow_dispatch
+        jobs:
+          a:
+            timeout-minutes: 0.05
+            steps:
+              - uses: acme/greet@v1
+        """
+    )
+    git_server.release()
+    assert run.status is Status.TIMEOUT
+    assert run.error == "job 'a' timed out after 0.05 minutes"
