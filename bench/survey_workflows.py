@@ -12,7 +12,9 @@ every step supported. Otherwise the line gives the first reason, in this order:
     no event           only events this spindle never starts (schedule, release, ...)
     reusable workflow  a job calls a reusable workflow (`jobs.<id>.uses`)
     other OS only      every job asks for a Windows or macOS runner
-    action             a step `uses:` an action this spindle cannot run yet (named)
+    action             a step `uses:` an action this spindle cannot run yet (named): a `docker://`
+                       image. JavaScript and composite actions run; whether `owner/repo@ref` is a
+                       Docker action is known only once it is fetched, so it counts as running.
     secrets            it reads `secrets.*` (other than GITHUB_TOKEN), which are empty here
 
 Jobs and matrix legs for Windows or macOS are counted as not run (they do not fail a run here).

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.background import BackgroundLoop
 from app.config import Settings
 from app.database import utcnow
+from app.engine.actions import ActionCache
 from app.engine.backend import Backend
 from app.engine.container import images
 from app.engine.container.backend import ContainerBackend, deployment_id
@@ -109,6 +110,8 @@ class Scheduler:
         self._image: asyncio.Task[None] | None = None
         # Job containers running at once in this process, across all its runs (SPINDLE_MAX_JOBS).
         self.job_slots = asyncio.Semaphore(settings.max_jobs)
+        # Fetched actions, shared by every run of the process (SPINDLE_ACTIONS_*).
+        self.actions = ActionCache(settings)
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
@@ -405,6 +408,7 @@ class Scheduler:
                 settings=self.settings,
                 scratch=self.settings.data_dir / "runs" / f"{spec.run_id}-{self.instance_id}",
                 job_slots=self.job_slots,
+                actions=self.actions,
             )
             outcome = await runner.run(spec)
         except _SecretsUnavailable as exc:

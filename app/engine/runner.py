@@ -21,13 +21,14 @@ import re
 import shlex
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.engine import checkout, fetch, hashfiles
+from app.engine import action_steps, checkout, fetch, hashfiles
+from app.engine.actions import ActionCache
 from app.engine.backend import (
     Backend,
     EngineUnavailable,
@@ -57,9 +58,9 @@ from app.workflows.expressions import (
     truthy,
 )
 from app.workflows.inputs import inputs_context
-from app.workflows.jobs import Container, EnvExpression, Job, RunDefaults, Step, env_texts, resolve_env
+from app.workflows.jobs import Container, Env, EnvExpression, Job, RunDefaults, Step, env_texts, resolve_env
 from app.workflows.planner import expand_matrix, instance_name, job_order
-from app.workflows.uses import Uses
+from app.workflows.uses import DockerImage, Uses
 from app.workflows.workflow import Workflow, parse_workflow
 
 MAX_FILE_COMMAND_BYTES = 1024 * 1024  # GitHub's limit for a step's outputs
@@ -108,6 +109,7 @@ class StepOutcome:
     timed_out: bool = False
     job_timed_out: bool = False
     outputs: dict[str, str] = field(default_factory=dict)
+    saved_state: dict[str, str] = field(default_factory=dict)  # what the process wrote to GITHUB_STATE
 
 
 class StepError(Exception):
@@ -236,13 +238,11 @@ async def _either(first: asyncio.Event, second: asyncio.Event | None) -> AsyncIt
 
 
 def unsupported_action(uses: Uses) -> str | None:
-    """Why a step's `uses:` cannot run here, or None when it can (the survey asks this too)."""
-    if checkout.is_checkout(uses):
-        return None
-    return (
-        f"the action {str(uses)!r} is not supported by this spindle: only actions/checkout runs here "
-        "(use a run: step instead)"
-    )
+    """Why a step's `uses:` cannot run here, or None when it may (the survey asks this too; what
+    the action turns out to be once fetched, e.g. a docker action, is known only then)."""
+    if isinstance(uses, DockerImage):
+        return action_steps.docker_unsupported(str(uses))
+    return None
 
 
 def other_os_runner(labels: list[str]) -> str | None:
@@ -283,6 +283,7 @@ class WorkflowRunner:
         settings: Settings,
         scratch: Path,
         job_slots: asyncio.Semaphore | None = None,
+        actions: ActionCache | None = None,
     ) -> None:
         self.backend = backend
         self.logs = logs
@@ -293,6 +294,10 @@ class WorkflowRunner:
         # Containers running at once, shared by every run of the process (SPINDLE_MAX_JOBS).
         self.job_slots = job_slots or asyncio.Semaphore(settings.max_jobs)
         self.step_counter = 0
+        self.file_counter = 0
+        # Actions are fetched through the process's cache (SPINDLE_ACTIONS_*); tags and branches
+        # resolve once for the whole run.
+        self.actions = action_steps.ActionSteps(self, (actions or ActionCache(settings)).resolver())
         self.instance_counter = 0
         self.interrupted = False  # cancel stopped or skipped some work
 
@@ -318,6 +323,7 @@ class WorkflowRunner:
         try:
             await self._run_jobs(spec, workflow, order, results)
         finally:
+            self.actions.close()
             await asyncio.to_thread(shutil.rmtree, self.scratch, True)
         # The first failure in the workflow's job order, whatever order the jobs finished in.
         first_failure = next((results[j].failure for j in order if results[j].failure is not None), None)
@@ -677,6 +683,8 @@ class WorkflowRunner:
             job=engine_job,
             cancel=cancel,
         )
+        # The `pre` of every action the job uses runs first, in step order, as on GitHub.
+        await self.actions.run_pre(job.steps, ctx, state)
         for step in job.steps:
             if cancel.is_set():
                 self.interrupted = self.interrupted or self.cancel.is_set()
@@ -692,6 +700,9 @@ class WorkflowRunner:
                 break
             if outcome.job_timed_out:
                 break
+        # Then the `post` of every action that ran, last first.
+        ctx["job"] = {**ctx["job"], "status": "failure" if state.status.failed else "success"}
+        await self.actions.run_post(ctx, state)
 
         ctx["steps"] = state.steps
         outputs: dict[str, str] = {}
@@ -768,10 +779,15 @@ class WorkflowRunner:
                 "outputs": outcome.outputs,
             }
         if conclusion == "failure":
-            state.status.failed = True
-            if state.failure is None:
-                status = Status.TIMEOUT if outcome.timed_out else Status.FAILED
-                state.failure = Failure(status, outcome.error or "a step failed", outcome.exit_code)
+            self.record_failure(outcome, state)
+
+    @staticmethod
+    def record_failure(outcome: StepOutcome, state: _InstanceState) -> None:
+        """The job has failed; the run's error is its first failure's."""
+        state.status.failed = True
+        if state.failure is None:
+            status = Status.TIMEOUT if outcome.timed_out else Status.FAILED
+            state.failure = Failure(status, outcome.error or "a step failed", outcome.exit_code)
 
     async def _execute_step(
         self,
@@ -785,25 +801,71 @@ class WorkflowRunner:
     ) -> StepOutcome:
         step_id = self.step_counter
         self.step_counter += 1
-        workspace = state.workspace
-        files = {name: f"{workspace.file_commands}/{name.lower()}_{step_id}" for name in FILE_COMMANDS}
         command_text = step.run if step.run is not None else f"uses: {step.uses}"
         self.logs.control(display, step_id=step_id, step_status="start", step_command=command_text)
+        if step.uses is not None and not checkout.is_checkout(step.uses):
+            # Every other `uses:` is an action: fetched, placed in the container, run there.
+            outcome = await self.actions.run_step(spec, step, evaluation, state, step_id=step_id, where=where)
+        else:
+            outcome = await self._run_workflow_step(spec, step, evaluation, state, step_id, where, remaining)
+        self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)
+        return outcome
+
+    async def _run_workflow_step(
+        self,
+        spec: RunSpec,
+        step: Step,
+        evaluation: Evaluation,
+        state: _InstanceState,
+        step_id: int,
+        where: str,
+        remaining: float,
+    ) -> StepOutcome:
+        """A `run:` step or actions/checkout."""
+        files = self.file_command_paths(state)
+        try:
+            request, plan, step_limit = self._prepare(spec, step, evaluation, state, files, remaining)
+        except (StepError, ExpressionError, checkout.CheckoutError) as exc:
+            self.logs.data(f"Error: {exc}", stream="stderr", step_id=step_id)
+            return StepOutcome("failure", error=f"{where}: {exc}")
+        return await self.execute(
+            state, request, files, step_id=step_id, where=where, step_limit=step_limit,
+            remaining=remaining, plan=plan,
+        )  # fmt: skip
+
+    def file_command_paths(self, state: _InstanceState) -> dict[str, str]:
+        """Fresh GITHUB_ENV, GITHUB_OUTPUT ... files for one process (created empty by execute)."""
+        self.file_counter += 1
+        directory = state.workspace.file_commands
+        return {name: f"{directory}/{name.lower()}_{self.file_counter}" for name in FILE_COMMANDS}
+
+    async def execute(
+        self,
+        state: _InstanceState,
+        request: _StepRequest,
+        files: dict[str, str],
+        *,
+        step_id: int,
+        where: str,
+        step_limit: float | None,
+        remaining: float,
+        plan: checkout.CheckoutPlan | None = None,
+    ) -> StepOutcome:
+        """One process of a step (a run: script, a checkout, an action's node script) to its
+        outcome, its output logged under `step_id`; its GITHUB_ENV/PATH/OUTPUT take effect."""
 
         def output(stream: str, line: str) -> None:
             self.logs.data(line, stream=stream, step_id=step_id)
 
         try:
-            request, plan, step_limit = self._prepare(spec, step, evaluation, state, files, remaining)
             uploads: dict[str, bytes] = {path: b"" for path in files.values()}
             if request.script is not None:
                 uploads[request.script[0]] = request.script[1].encode("utf-8", errors="surrogateescape")
             await self.backend.put_files(state.job, uploads)
             if request.directory is not None and not await self._is_directory(state, request.exec.cwd):
                 raise StepError(f"working-directory {request.directory!r} does not exist")
-        except (StepError, ExpressionError, checkout.CheckoutError) as exc:
+        except StepError as exc:
             self.logs.data(f"Error: {exc}", stream="stderr", step_id=step_id)
-            self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)
             return StepOutcome("failure", error=f"{where}: {exc}")
         if plan is not None:
             result = await self._checkout(plan, state, request.exec, output)
@@ -854,7 +916,6 @@ class WorkflowRunner:
                 outcome = StepOutcome(
                     "failure", error=f"{where} failed: {state.job.limit_hit}", exit_code=result.exit_code
                 )
-        self.logs.control(display, step_id=step_id, step_status="end", step_command=command_text)
         return outcome
 
     def _prepare(
@@ -868,36 +929,13 @@ class WorkflowRunner:
     ) -> tuple[_StepRequest, checkout.CheckoutPlan | None, float | None]:
         """The process a step runs (with its script), the checkout it does, its own time limit."""
         workspace = state.workspace
-        env: dict[str, str] = {"HOME": workspace.home, "PATH": state.job.env.get("PATH") or DEFAULT_PATH}
-        env.update(state.standard)
-        env.update(files)
-        env["GITHUB_ACTION"] = step.id or f"__run_{step.index}"
-        env.update(state.env)
-        env.update(state.github_env)
-        if state.path_entries:
-            env["PATH"] = ":".join([*reversed(state.path_entries), env["PATH"]])
-        step_ctx = dict(evaluation.contexts)
-        step_ctx["env"] = {**state.env, **state.github_env}
-        step_env: dict[str, str] = {}
-        if isinstance(step.env, EnvExpression):
-            step_env = resolve_env(step.env, Evaluation(step_ctx, evaluation.status), "env")
-            step_ctx["env"] = {**step_ctx["env"], **step_env}
-        else:
-            # Each variable sees the ones above it, as on GitHub.
-            for key, value in step.env.items():
-                step_env[key] = interpolate(
-                    value, Evaluation(step_ctx, evaluation.status, hash_files=evaluation.hash_files)
-                )
-                step_ctx["env"] = {**step_ctx["env"], key: step_env[key]}
-        env.update(step_env)
-        step_evaluation = Evaluation(step_ctx, evaluation.status, hash_files=evaluation.hash_files)
+        env, step_evaluation, _ = self.environment(
+            state, files, evaluation, action=step.id or f"__run_{step.index}", step_env=step.env
+        )
         step_limit = _minutes(step.timeout_minutes, step_evaluation, "timeout-minutes")
         timeout = min(remaining, step_limit * 60) if step_limit is not None else remaining
 
         if step.uses is not None:
-            unsupported = unsupported_action(step.uses)
-            if unsupported is not None:
-                raise StepError(unsupported)
             with_ = {k: evaluate_value(v, step_evaluation) for k, v in step.with_.items()}
             plan = checkout.plan_checkout(
                 with_=with_,
@@ -936,6 +974,48 @@ class WorkflowRunner:
             checked = directory
         request = _StepRequest(ExecRequest(argv, env, cwd, timeout), (script_path, script), checked)
         return request, None, step_limit
+
+    def environment(
+        self,
+        state: _InstanceState,
+        files: dict[str, str],
+        evaluation: Evaluation,
+        *,
+        action: str,
+        step_env: Env,
+        inherited: Mapping[str, str] | None = None,
+    ) -> tuple[dict[str, str], Evaluation, dict[str, str]]:
+        """A process's variables (standard, file commands, workflow and job env, GITHUB_ENV, then
+        `inherited` (a composite action's step env), then the step's own `env:`, evaluated), and
+        the evaluation the step's other expressions see (its `env` context), and the step's own
+        `env:` alone (what a composite action's steps inherit)."""
+        env: dict[str, str] = {
+            "HOME": state.workspace.home,
+            "PATH": state.job.env.get("PATH") or DEFAULT_PATH,
+        }
+        env.update(state.standard)
+        env.update(files)
+        env["GITHUB_ACTION"] = action
+        env.update(state.env)
+        env.update(state.github_env)
+        env.update(inherited or {})
+        if state.path_entries:
+            env["PATH"] = ":".join([*reversed(state.path_entries), env["PATH"]])
+        step_ctx = dict(evaluation.contexts)
+        step_ctx["env"] = {**state.env, **state.github_env, **(inherited or {})}
+        own: dict[str, str] = {}
+        if isinstance(step_env, EnvExpression):
+            own = resolve_env(step_env, Evaluation(step_ctx, evaluation.status), "env")
+            step_ctx["env"] = {**step_ctx["env"], **own}
+        else:
+            # Each variable sees the ones above it, as on GitHub.
+            for key, value in step_env.items():
+                own[key] = interpolate(
+                    value, Evaluation(step_ctx, evaluation.status, hash_files=evaluation.hash_files)
+                )
+                step_ctx["env"] = {**step_ctx["env"], key: own[key]}
+        env.update(own)
+        return env, Evaluation(step_ctx, evaluation.status, hash_files=evaluation.hash_files), own
 
     async def _prime_hashes(self, step: Step, ctx: dict[str, Any], state: _InstanceState) -> None:
         """hashFiles() needs the job's files, which only an exec can read, while expressions are
@@ -1032,7 +1112,9 @@ class WorkflowRunner:
         self, files: dict[str, str], state: _InstanceState, outcome: StepOutcome, step_id: int
     ) -> None:
         """What the step wrote to GITHUB_ENV / GITHUB_OUTPUT / GITHUB_PATH takes effect."""
-        wanted = {name: files[name] for name in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_PATH")}
+        wanted = {
+            name: files[name] for name in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_PATH", "GITHUB_STATE")
+        }
         try:
             raw = await self.backend.read_files(state.job, wanted, limit=MAX_FILE_COMMAND_BYTES)
         except FileCommandError as exc:
@@ -1046,6 +1128,7 @@ class WorkflowRunner:
             else:
                 state.github_env[name] = value
         outcome.outputs.update(parse_file_command(text["GITHUB_OUTPUT"], "GITHUB_OUTPUT"))
+        outcome.saved_state.update(parse_file_command(text["GITHUB_STATE"], "GITHUB_STATE"))
         for line in text["GITHUB_PATH"].splitlines():
             if line.strip():
                 state.path_entries.append(line.strip())
@@ -1085,5 +1168,7 @@ class _InstanceState:
 
     github_env: dict[str, str] = field(default_factory=dict)
     path_entries: list[str] = field(default_factory=list)
+    # A lambda: action_steps imports this module, so its names exist only once both are loaded.
+    action_state: action_steps.JobActions = field(default_factory=lambda: action_steps.JobActions())
     steps: dict[str, Any] = field(default_factory=dict)
     failure: Failure | None = None

@@ -248,6 +248,11 @@ def _step(raw: Any, index: int, where: str) -> Step:
     )
 
 
+def parse_step(raw: Any, index: int, where: str) -> Step:
+    """One step mapping as written (a composite action's steps are read with this too)."""
+    return _step(raw, index, where)
+
+
 def _strategy(value: Any, where: str) -> Strategy | None:
     if value is None:
         return None

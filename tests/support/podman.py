@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TEST_IMAGE = images.DebianImage(
-    "localhost/spindle-test", ("bash", "coreutils", "git", "ca-certificates", "python3", "procps")
+    "localhost/spindle-test", ("bash", "coreutils", "git", "ca-certificates", "python3", "procps", "nodejs")
 )
 START_TIMEOUT = 120.0  # a safety net against hangs, not a timing assertion
 BUILD_TIMEOUT = 600.0
