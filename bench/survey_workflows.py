@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.engine.runner import other_os_runner, unsupported_action  # noqa: E402
+from app.engine.runner import other_os_runner  # noqa: E402
 from app.workflows.exceptions import InvalidWorkflow, WorkflowError  # noqa: E402
 from app.workflows.workflow import parse_workflow  # noqa: E402
 
@@ -86,12 +86,6 @@ def verdict(path: Path) -> tuple[str, str]:
             linux_jobs.append(job)
     if not linux_jobs:
         return "other OS only", "every job asks for a Windows or macOS runner"
-    for job in linux_jobs:
-        for step in job.steps:
-            if step.uses is not None:
-                reason = unsupported_action(step.uses)
-                if reason is not None:
-                    return "action", f"{step.uses} (job {job.id})"
     secrets = sorted(set(SECRET_RE.findall(source)))
     if secrets:
         return "secrets", ", ".join(secrets[:5])

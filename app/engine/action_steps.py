@@ -21,7 +21,10 @@ starts, so it runs even when `main` failed. A composite action's steps have thei
 status (success() is about the composite's steps), `inputs`, the using step's `env`, and nest up
 to MAX_DEPTH actions deep.
 
-Docker actions (`runs.using: docker`, `docker://image`) fail their step in one place, _run_docker.
+A Docker action (`runs.using: docker`) or a `docker://image` step runs in a step container of the
+backend (app/engine/actions/docker.py): its image prepared or built once per job, in the job
+container's namespaces with the job's volumes, so the same paths and file commands work;
+`pre-entrypoint` runs just before the main entrypoint, `post-entrypoint` with the posts at the end.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from app.engine.actions import (
     RunResolver,
     parse_definition,
 )
-from app.engine.backend import ExecRequest, FileCommandError
+from app.engine.actions import docker as docker_actions
+from app.engine.backend import ExecRequest, ExecResult, FileCommandError, OutputSink, StepImageError
 from app.workflows.exceptions import WorkflowError
 from app.workflows.expressions import (
     Evaluation,
@@ -74,11 +78,11 @@ MAX_DEPTH = 10  # composite actions inside composite actions
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def docker_unsupported(name: str) -> str:
-    """Why a Docker action cannot run here (the survey says the same)."""
+def local_docker_build_unsupported(name: str) -> str:
+    """Why a Docker action of the workspace whose image is a Dockerfile cannot run here."""
     return (
-        f"the action {name!r} is a Docker action, which this spindle does not run yet "
-        "(JavaScript and composite actions run)"
+        f"the action {name!r} is a Docker action of the workspace built from a Dockerfile, which this "
+        "spindle does not build (Docker actions fetched from a repository, and docker:// images, run)"
     )
 
 
@@ -91,6 +95,7 @@ class LoadedAction:
     path: str  # GITHUB_ACTION_PATH
     repository: str  # GITHUB_ACTION_REPOSITORY: owner/repo; "" for an action of the workspace
     ref: str  # GITHUB_ACTION_REF
+    host_directory: Path | None = None  # the action's files on the host (fetched ones): a build context
 
     def env(self) -> dict[str, str]:
         return {
@@ -103,10 +108,11 @@ class LoadedAction:
 @dataclass
 class _Post:
     action: LoadedAction
-    runs: NodeRuns
+    runs: NodeRuns | DockerRuns
     label: str  # the step's display name
     env: dict[str, str]  # the main stage's variables (its inputs included)
     saved_state: dict[str, str]
+    docker: docker_actions.DockerActionRun | None = None  # a Docker action's run, for its post-entrypoint
 
 
 @dataclass
@@ -231,13 +237,13 @@ class ActionSteps:
             await self._stage(
                 post.action, post.runs, "post", label=label, where=where, condition=post.runs.post_if,
                 state=state, evaluation=Evaluation(ctx, state.status), env=post.env,
-                saved_state=post.saved_state,
+                saved_state=post.saved_state, post=post,
             )  # fmt: skip
 
     async def _stage(
         self,
         action: LoadedAction,
-        runs: NodeRuns,
+        runs: NodeRuns | DockerRuns,
         stage: str,
         *,
         label: str,
@@ -248,6 +254,7 @@ class ActionSteps:
         saved_state: dict[str, str],
         step: Step | None = None,
         env: dict[str, str] | None = None,
+        post: _Post | None = None,
     ) -> StepOutcome | None:
         """A `pre` or `post` as a step of its own in the log; None when its condition is false."""
         try:
@@ -268,10 +275,13 @@ class ActionSteps:
         self.runner.step_counter += 1
         command = f"{stage}: {action.name}"
         self.runner.logs.control(label, step_id=step_id, step_status="start", step_command=command)
-        if env is None:
-            assert step is not None
+        if post is not None and post.docker is not None:
+            outcome = await self._run_docker_post(post, state=state, step_id=step_id, where=where)
+        elif env is None:
+            assert step is not None and isinstance(runs, NodeRuns)
             outcome = await self._pre_env_and_run(action, runs, step, evaluation, state, step_id, where)
         else:
+            assert isinstance(runs, NodeRuns)
             outcome = await self._run_node(
                 action, runs, stage, env=env, state=state, step_id=step_id, where=where,
                 step_limit=None, saved_state=saved_state,
@@ -327,7 +337,10 @@ class ActionSteps:
     ) -> StepOutcome:
         """Fetch or read the action, then run it as its `runs.using` says."""
         if isinstance(uses, DockerImage):
-            return self._run_docker(str(uses), where, step_id)
+            return await self._run_docker(
+                None, None, with_, evaluation, env=env, state=state, step_id=step_id, where=where,
+                display=display, step_limit=step_limit, image=str(uses),
+            )  # fmt: skip
         try:
             # A fetch counts against the job's time, as a checkout's does.
             async with asyncio.timeout(max(state.deadline - asyncio.get_running_loop().time(), 0.0)):
@@ -339,12 +352,20 @@ class ActionSteps:
             self.runner.logs.data(f"Error: {message}", stream="stderr", step_id=step_id)
             return engine_runner.StepOutcome("failure", error=message, timed_out=True, job_timed_out=True)
         runs = action.definition.runs
-        if isinstance(runs, DockerRuns):
-            return self._run_docker(action.name, where, step_id)
         try:
             inputs = self._inputs(action, with_, evaluation, step_id)
         except ExpressionError as exc:
             return self._fail(where, str(exc), step_id)
+        if isinstance(runs, DockerRuns):
+            # runs.args and runs.env read the action's inputs, as on GitHub.
+            action_evaluation = Evaluation(
+                {**evaluation.contexts, "inputs": inputs}, evaluation.status, hash_files=evaluation.hash_files
+            )
+            return await self._run_docker(
+                action, runs, with_, evaluation, action_evaluation=action_evaluation,
+                env={**env, **{input_variable(name): value for name, value in inputs.items()}},
+                state=state, step_id=step_id, where=where, display=display, step_limit=step_limit,
+            )  # fmt: skip
         if isinstance(runs, CompositeRuns):
             return await self._run_composite(
                 spec, action, runs, inputs, evaluation, inherited=inherited, state=state, step_id=step_id,
@@ -363,9 +384,98 @@ class ActionSteps:
             post.saved_state.update(outcome.saved_state)
         return outcome
 
-    def _run_docker(self, name: str, where: str, step_id: int) -> StepOutcome:
-        """Docker actions: `runs.using: docker` and `docker://image` (not run by this spindle yet)."""
-        return self._fail(where, docker_unsupported(name), step_id)
+    async def _run_docker(
+        self,
+        action: LoadedAction | None,
+        runs: DockerRuns | None,
+        with_: Mapping[str, Scalar],
+        evaluation: Evaluation,
+        *,
+        env: dict[str, str],
+        state: _InstanceState,
+        step_id: int,
+        where: str,
+        display: str,
+        step_limit: float | None,
+        image: str | None = None,
+        action_evaluation: Evaluation | None = None,
+    ) -> StepOutcome:
+        """A Docker action (`runs`, its files on the host for a build) or a `docker://image` step
+        (`image`), in a step container: the image prepared or built first, in the step's log.
+        `with:` is evaluated in the step's `evaluation`; runs.args and runs.env in
+        `action_evaluation` (with the action's `inputs`)."""
+        name = action.name if action is not None else image or ""
+        if runs is not None and not runs.image.startswith(docker_actions.DOCKER_PREFIX):
+            if action is None or action.host_directory is None:
+                return self._fail(where, local_docker_build_unsupported(name), step_id)
+        try:
+            with_args = with_.get("args")
+            with_entrypoint = with_.get("entrypoint")
+            args = to_string(evaluate_value(with_args, evaluation)) if with_args is not None else None
+            entrypoint = (
+                to_string(evaluate_value(with_entrypoint, evaluation))
+                if with_entrypoint is not None
+                else None
+            )
+        except ExpressionError as exc:
+            return self._fail(where, str(exc), step_id)
+        files = self.runner.file_command_paths(state)
+        process_env = {**env, **files, **(action.env() if action is not None else {})}
+        remaining = state.deadline - asyncio.get_running_loop().time()
+        timeout = min(remaining, step_limit * 60) if step_limit is not None else remaining
+        cwd = state.workspace.workspace
+
+        def interpolated(text: str) -> str:
+            return to_string(interpolate(text, action_evaluation or evaluation))
+
+        async def start(output: OutputSink) -> ExecResult:
+            try:
+                ran = await docker_actions.run_docker_action(
+                    backend=self.runner.backend, job=state.job, runs=runs, image=image,
+                    action_dir=action.host_directory if action is not None else None, env=process_env,
+                    cwd=cwd, timeout=timeout, output=output, cancel=state.cancel,
+                    progress=lambda line: output("stdout", line), with_args=args,
+                    with_entrypoint=entrypoint, interpolate=interpolated,
+                )  # fmt: skip
+            except (StepImageError, ExpressionError) as exc:
+                return ExecResult(None, error=str(exc))
+            if ran.post is not None and action is not None and runs is not None:
+                posts.append(_Post(action, runs, display, process_env, {}, docker=ran))
+                state.action_state.posts.append(posts[-1])
+            return ran.result
+
+        posts: list[_Post] = []
+        request = engine_runner._StepRequest(ExecRequest([], process_env, cwd, timeout))
+        outcome = await self.runner.execute(
+            state, request, files, step_id=step_id, where=where, step_limit=step_limit,
+            remaining=remaining, run=start,
+        )  # fmt: skip
+        for post in posts:
+            post.saved_state.update(outcome.saved_state)
+        return outcome
+
+    async def _run_docker_post(
+        self, post: _Post, *, state: _InstanceState, step_id: int, where: str
+    ) -> StepOutcome:
+        """A Docker action's post-entrypoint, with STATE_* from what its main wrote."""
+        assert post.docker is not None
+        run = post.docker
+        files = self.runner.file_command_paths(state)
+        env = {**post.env, **files, **{f"STATE_{k}": v for k, v in post.saved_state.items()}}
+        remaining = state.deadline - asyncio.get_running_loop().time()
+
+        async def start(output: OutputSink) -> ExecResult:
+            result = await docker_actions.run_post(
+                self.runner.backend, state.job, run, env=env, timeout=remaining, output=output,
+                cancel=state.cancel,
+            )  # fmt: skip
+            return result if result is not None else ExecResult(0)
+
+        request = engine_runner._StepRequest(ExecRequest([], env, state.workspace.workspace, remaining))
+        return await self.runner.execute(
+            state, request, files, step_id=step_id, where=where, step_limit=None, remaining=remaining,
+            run=start,
+        )  # fmt: skip
 
     async def _run_node(
         self,
@@ -578,7 +688,14 @@ class ActionSteps:
         fetched = await self._fetch(uses)
         directory = await self._place(fetched, state)
         path = posixpath.join(directory, uses.path) if uses.path else directory
-        return LoadedAction(uses.text, fetched.definition, path, f"{uses.owner}/{uses.repo}", uses.ref)
+        return LoadedAction(
+            uses.text,
+            fetched.definition,
+            path,
+            f"{uses.owner}/{uses.repo}",
+            uses.ref,
+            host_directory=fetched.action_directory,
+        )
 
     async def _fetch(self, uses: RepositoryAction) -> FetchedAction:
         lock = self._fetching.setdefault(uses.text, asyncio.Lock())

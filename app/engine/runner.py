@@ -21,7 +21,7 @@ import re
 import shlex
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,6 @@ from app.workflows.expressions import (
 from app.workflows.inputs import inputs_context
 from app.workflows.jobs import Container, Env, EnvExpression, Job, RunDefaults, Step, env_texts, resolve_env
 from app.workflows.planner import expand_matrix, instance_name, job_order
-from app.workflows.uses import DockerImage, Uses
 from app.workflows.workflow import Workflow, parse_workflow
 
 MAX_FILE_COMMAND_BYTES = 1024 * 1024  # GitHub's limit for a step's outputs
@@ -235,14 +234,6 @@ async def _either(first: asyncio.Event, second: asyncio.Event | None) -> AsyncIt
     finally:
         for watcher in watchers:
             watcher.cancel()
-
-
-def unsupported_action(uses: Uses) -> str | None:
-    """Why a step's `uses:` cannot run here, or None when it may (the survey asks this too; what
-    the action turns out to be once fetched, e.g. a docker action, is known only then)."""
-    if isinstance(uses, DockerImage):
-        return action_steps.docker_unsupported(str(uses))
-    return None
 
 
 def other_os_runner(labels: list[str]) -> str | None:
@@ -850,9 +841,11 @@ class WorkflowRunner:
         step_limit: float | None,
         remaining: float,
         plan: checkout.CheckoutPlan | None = None,
+        run: Callable[[OutputSink], Awaitable[ExecResult]] | None = None,
     ) -> StepOutcome:
-        """One process of a step (a run: script, a checkout, an action's node script) to its
-        outcome, its output logged under `step_id`; its GITHUB_ENV/PATH/OUTPUT take effect."""
+        """One process of a step (a run: script, a checkout, an action's node script, or what
+        `run` starts: a Docker action's container) to its outcome, its output logged under
+        `step_id`; its GITHUB_ENV/PATH/OUTPUT take effect."""
 
         def output(stream: str, line: str) -> None:
             self.logs.data(line, stream=stream, step_id=step_id)
@@ -869,6 +862,8 @@ class WorkflowRunner:
             return StepOutcome("failure", error=f"{where}: {exc}")
         if plan is not None:
             result = await self._checkout(plan, state, request.exec, output)
+        elif run is not None:
+            result = await run(output)
         else:
             result = await self.backend.exec(state.job, request.exec, output=output, cancel=state.cancel)
         if result.error and not result.limit:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.engine.action_steps import input_variable
-from app.engine.runner import StepError, parse_file_command, shell_command, unsupported_action
-from app.workflows.uses import parse_uses
+from app.engine.runner import StepError, parse_file_command, shell_command
 
 
 def test_parses_env_file_lines_and_heredocs() -> None:
@@ -59,14 +58,6 @@ def test_rejects_shells_that_cannot_run_here(shell: str, message: str) -> None:
 
 def test_the_default_shell_is_sh_in_an_image_without_bash() -> None:
     assert shell_command(None, commands=frozenset({"sh"})) == (["sh", "-e", "{0}"], ".sh")
-
-
-def test_only_docker_images_are_refused_before_an_action_is_fetched() -> None:
-    assert unsupported_action(parse_uses("acme/greet@v1", "uses")) is None
-    assert unsupported_action(parse_uses("./.github/actions/local", "uses")) is None
-    assert unsupported_action(parse_uses("actions/checkout@v4", "uses")) is None
-    reason = unsupported_action(parse_uses("docker://alpine:3", "uses"))
-    assert reason is not None and "is a Docker action, which this spindle does not run yet" in reason
 
 
 @pytest.mark.parametrize(("name", "variable"), [("who", "INPUT_WHO"), ("node version", "INPUT_NODE_VERSION")])

@@ -18,7 +18,6 @@ from tests.support.knot import TestKnot
 from tests.support.podman import PodmanEngine
 
 REPO_DID = "did:plc:alice0000000000000000000"
-NOT_YET = "which this spindle does not run yet"
 GREET = """\
 name: Greet
 inputs:
@@ -283,7 +282,10 @@ async def test_actions_that_cannot_run_fail_their_step_saying_which_and_why(
     git_server.create_repo("acme", "empty").commit({"README": "no action here\n"})
     git_server.create_repo("acme", "old").commit({"action.yml": "runs:\n  using: node10\n  main: a.js\n"})
     git_server.create_repo("acme", "boxed").commit(
-        {"action.yml": "runs:\n  using: docker\n  image: Dockerfile\n", "Dockerfile": "FROM scratch\n"}
+        {
+            "action.yml": "runs:\n  using: docker\n  image: Dockerfile\n",
+            "Dockerfile": "FROM registry.invalid/nobody/nothing:1\n",
+        }
     )
     git_server.create_repo("acme", "shell-less").commit(
         {"action.yml": "runs:\n  using: composite\n  steps:\n    - run: echo hi\n"}
@@ -293,8 +295,8 @@ async def test_actions_that_cannot_run_fail_their_step_saying_which_and_why(
         "unfetchable": ("acme/missing@v1", f"cannot be fetched from {git_server.url}/acme/missing"),
         "undefined": ("acme/empty@main", "no action.yml or action.yaml at the root of its repository"),
         "old": ("acme/old@main", "'node10' is not supported: expected one of node12, node16, node20, node24"),
-        "docker": ("acme/boxed@main", f"'acme/boxed@main' is a Docker action, {NOT_YET}"),
-        "image": ("docker://alpine:3", f"'docker://alpine:3' is a Docker action, {NOT_YET}"),
+        "docker": ("acme/boxed@main", "registry.invalid/nobody/nothing:1"),
+        "image": ("docker://registry.invalid/nobody/nothing:1", "registry.invalid/nobody/nothing:1"),
         "shell": ("acme/shell-less@main", "a run step of a composite action must name its shell"),
         "local": ("./nowhere", "no action.yml or action.yaml in /__w/demo/demo/nowhere"),
     }
@@ -422,3 +424,91 @@ async def test_a_fetch_that_never_ends_counts_against_the_jobs_time(
     git_server.release()
     assert run.status is Status.TIMEOUT
     assert run.error == "job 'a' timed out after 0.05 minutes"
+
+
+BOXED_ENTRY = """\
+#!/bin/sh
+echo "docker main: hello $INPUT_WHO ($1 $2) in $(pwd)"
+echo "said=boxed $INPUT_WHO" >> "$GITHUB_OUTPUT"
+echo "from_main=boxed-state" >> "$GITHUB_STATE"
+echo "from-docker" > "$GITHUB_WORKSPACE/docker-wrote"
+"""
+BOXED_POST = """\
+#!/bin/sh
+echo "docker post: $STATE_from_main"
+"""
+
+
+def serve_boxed(git_server: GitServer, base_image: str) -> None:
+    """acme/boxed: a Docker action built from its Dockerfile, with a post-entrypoint."""
+    git_server.create_repo("acme", "boxed").commit(
+        {
+            "action.yml": (
+                "inputs:\n  who:\n    default: container\n"
+                "outputs:\n  said:\n    description: what was said\n"
+                "runs:\n  using: docker\n  image: Dockerfile\n"
+                "  args: ['${{ inputs.who }}', 'second']\n"
+                "  post-entrypoint: sh /post.sh\n"
+                "  env:\n    FROM_ACTION: yes\n"
+            ),
+            "Dockerfile": (
+                f"FROM {base_image}\nCOPY entry.sh /entry.sh\nCOPY post.sh /post.sh\n"
+                'ENTRYPOINT ["sh", "/entry.sh"]\n'
+            ),
+            "entry.sh": BOXED_ENTRY,
+            "post.sh": BOXED_POST,
+        }
+    )
+
+
+async def test_docker_actions_build_run_with_inputs_outputs_state_and_post_and_docker_images_run(
+    harness: Harness, git_server: GitServer, podman_engine: PodmanEngine
+) -> None:
+    serve_boxed(git_server, podman_engine.image)
+    git_server.create_repo("acme", "wrapper").commit(
+        {
+            "action.yml": (
+                "outputs:\n  said:\n    value: ${{ steps.inner.outputs.said }}\n"
+                "runs:\n  using: composite\n  steps:\n"
+                "    - id: inner\n      uses: acme/boxed@main\n      with:\n        who: nested\n"
+            )
+        }
+    )
+    await harness.started(actions_url=git_server.url)
+    run = await harness.run(
+        f"""
+        on: workflow_dispatch
+        jobs:
+          a:
+            steps:
+              - id: boxed
+                uses: acme/boxed@main
+                with:
+                  who: spindle
+              - run: |
+                  echo "output=${{{{ steps.boxed.outputs.said }}}}"
+                  echo "job sees $(cat docker-wrote)"
+              - uses: docker://{podman_engine.image}
+                with:
+                  entrypoint: sh
+                  args: -c "echo image step in $PWD sees $(cat docker-wrote)"
+              - id: wrapped
+                uses: acme/wrapper@main
+              - run: echo "wrapped=${{{{ steps.wrapped.outputs.said }}}}"
+        """
+    )
+    assert run.status is Status.SUCCESS, run.error
+    output = await harness.output(run.id)
+    expected_order = [
+        "docker main: hello spindle (spindle second) in /__w/demo/demo",
+        "output=boxed spindle",
+        "job sees from-docker",
+        "image step in /__w/demo/demo sees from-docker",
+        "docker main: hello nested (nested second) in /__w/demo/demo",
+        "wrapped=boxed nested",
+        "docker post: boxed-state",
+    ]
+    assert all(line in output for line in expected_order), "\n".join(output)
+    positions = [output.index(line) for line in expected_order]
+    assert positions == sorted(positions)
+    assert output.count("docker post: boxed-state") == 2
