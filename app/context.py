@@ -2,7 +2,7 @@
 by routes, and stopped in reverse order when it ends.
 
     AppContext(settings)   builds them, connecting nothing yet
-    await ctx.start()      the pipeline writer, the scheduler, the knot event consumer
+    await ctx.start()      the pipeline writer, the scheduler, the knot event consumer, retention
     await ctx.close()      stops those, then closes clients and the database engine
 """
 
@@ -20,8 +20,10 @@ from app.engine.queue import Scheduler
 from app.identity.resolver import DidResolver
 from app.knot.client import KnotClient
 from app.knot.events import KnotEventConsumer
+from app.metrics import Metrics
 from app.repos.service import RegistrationCache
 from app.runs.flows import RunFlows, RunStarter
+from app.runs.retention import RetentionSweeper
 from app.runs.writer import PipelineWriter
 from app.streams.broker import Broker
 
@@ -29,6 +31,7 @@ from app.streams.broker import Broker
 class AppContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.metrics = Metrics()
         self.engine = create_engine(settings.resolved_database_url)
         self.sessionmaker = create_sessionmaker(self.engine)
         # One client for identity lookups (the knot client has its own); redirects are not
@@ -40,13 +43,18 @@ class AppContext:
         )
         self.broker = Broker()
         self.resolver = DidResolver(http=self.http, plc_url=settings.plc_url, dev=settings.dev)
+        self.metrics.count_did_cache(lambda: self.resolver)
         # Processes sharing a server database also share the jti ledger; a SQLite file belongs
         # to one `spindle serve`, whose in-memory guard already sees every token.
         ledger = None if is_sqlite(settings.resolved_database_url) else SharedReplayLedger(engine=self.engine)
         self.verifier = ServiceAuthVerifier(resolver=self.resolver, service_did=settings.did, ledger=ledger)
         self.knot = KnotClient(dev=settings.dev, timeout=settings.knot_timeout)
         self.scheduler = Scheduler(
-            settings=settings, sessionmaker=self.sessionmaker, broker=self.broker, knot=self.knot
+            settings=settings,
+            sessionmaker=self.sessionmaker,
+            broker=self.broker,
+            knot=self.knot,
+            metrics=self.metrics,
         )
         self.writer = PipelineWriter(engine=self.engine)
         self.registrations = RegistrationCache(sessionmaker=self.sessionmaker)
@@ -60,14 +68,17 @@ class AppContext:
         self.consumer = KnotEventConsumer(
             settings=settings, sessionmaker=self.sessionmaker, knot=self.knot, flows=self.flows
         )
+        self.retention = RetentionSweeper(settings=settings, engine=self.engine, metrics=self.metrics)
         self.extras: dict[str, Any] = {}
 
     async def start(self) -> None:
         await self.writer.start()
         await self.scheduler.start()
         await self.consumer.start()
+        await self.retention.start()
 
     async def close(self) -> None:
+        await self.retention.stop()
         await self.consumer.stop()
         await self.writer.stop()
         await self.registrations.close()
