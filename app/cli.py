@@ -10,8 +10,10 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from pydantic import ValidationError
+from pythonjsonlogger.json import JsonFormatter
 
 from app import migrate
 from app.config import DID_RE, Settings, is_valid_host
@@ -27,6 +29,29 @@ def _settings() -> Settings:
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()]
         raise SystemExit("spindle: invalid configuration:\n" + "\n".join(lines)) from None
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """The service's own log on stderr: text lines, or with SPINDLE_LOG_FORMAT=json one JSON object
+    per line (`level`, `logger`, `message`, any `extra=` fields, `exc_info`, `time` in UTC)."""
+    handler = logging.StreamHandler(stream)
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{name}{message}",
+                style="{",
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp="time",
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
 
 
 def _did(value: str) -> str:
@@ -176,9 +201,7 @@ async def _runner_image_command(settings: Settings, args: argparse.Namespace) ->
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     if args.command == "migrate":
         migrate.upgrade(settings.resolved_database_url)
         print("database is up to date")
@@ -205,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # app's lifespan: it is the process's decision, and tests start many apps in one process.
         gc.collect()
         gc.freeze()
+        # JSON: uvicorn's own loggers (start-up, errors, access lines) go through the root handler
+        # too, rather than through the text handlers of uvicorn's default configuration.
+        logging_options: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
         uvicorn.run(
             app,
             host=settings.listen_host,
@@ -214,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ws_max_size=1 << 20,
             # Log frames are small and many: compressing each costs more CPU than it saves.
             ws_per_message_deflate=False,
+            **logging_options,
         )
         return 0
     return 2
