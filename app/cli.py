@@ -105,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--repo-did", required=True, type=_did)
     rm.add_argument("--name", required=True)
 
+    retention = sub.add_parser("retention", help="what the database keeps of finished runs").add_subparsers(
+        dest="retention_command", required=True
+    )
+    retention.add_parser(
+        "sweep",
+        help="apply the SPINDLE_RETENTION_* rules once now (a running service also does, in the background)",
+    )
+
     image = sub.add_parser("runner-image", help="the image jobs run in when they name none").add_subparsers(
         dest="image_command", required=True
     )
@@ -173,6 +181,27 @@ async def _repo_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _retention_command(settings: Settings) -> int:
+    """`retention sweep`: one sweep with the configured rules, what it deleted printed."""
+    from app.runs.retention import RetentionSweeper
+
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        sweeper = RetentionSweeper(settings=settings, engine=engine)
+        if not sweeper.enabled:
+            print("retention is off: every SPINDLE_RETENTION_* rule is 0, nothing is deleted")
+            return 0
+        report = await sweeper.sweep()
+    finally:
+        await engine.dispose()
+    if report.skipped:
+        print("another spindle process is sweeping this database right now; nothing done")
+        return 0
+    deleted = ", ".join(f"{count} {table}" for table, count in report.deleted.items())
+    print(f"deleted {deleted}; removed the logs of {report.logs_pruned} runs in {report.seconds:.1f} s")
+    return 0
+
+
 async def _runner_image_command(settings: Settings, args: argparse.Namespace) -> int:
     """`runner-image build`: always a fresh build (Debian's updates), named by its digest tag and --tag."""
     ref = args.tag or settings.runner_image
@@ -209,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "repo":
         migrate.upgrade(settings.resolved_database_url)
         return asyncio.run(_repo_command(settings, args))
+    if args.command == "retention":
+        migrate.upgrade(settings.resolved_database_url)
+        return asyncio.run(_retention_command(settings))
     if args.command == "runner-image":
         return asyncio.run(_runner_image_command(settings, args))
     if args.command == "serve":

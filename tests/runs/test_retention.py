@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +25,7 @@ from app.streams import watch
 from app.streams.broker import Broker
 from app.streams.feeds import Feeds
 from tests.support.db import new_database
+from tests.support.process import SPINDLE
 
 NOW = utcnow()
 _rkeys = itertools.count(1)
@@ -359,3 +362,22 @@ def test_migration_counts_the_bytes_of_logs_stored_before_it(tmp_path: Path) -> 
         return int(value)
 
     assert asyncio.run(read()) == len("héllo".encode()) + len("step") + len("echo hi")
+
+
+async def test_spindle_retention_sweep_applies_the_rules_once(database_url, sessions, tmp_path) -> None:
+    await add_pipeline(sessions, age_days=120, statuses=(Status.SUCCESS, Status.FAILED))
+    kept = await add_pipeline(sessions, age_days=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPINDLE_")}
+    env |= {
+        "SPINDLE_DATABASE_URL": database_url,
+        "SPINDLE_DATA_DIR": str(tmp_path / "data"),
+        "SPINDLE_RETENTION_KEEP_PIPELINES": "0",
+    }
+
+    done = await asyncio.to_thread(
+        subprocess.run, [str(SPINDLE), "retention", "sweep"], env=env, capture_output=True, text=True
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("deleted 6 log_line, 6 status_event, 2 workflow_run, 1 pipeline;")
+    assert await rkeys(sessions) == {kept.rkey}
