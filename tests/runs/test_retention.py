@@ -381,3 +381,17 @@ async def test_spindle_retention_sweep_applies_the_rules_once(database_url, sess
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("deleted 6 log_line, 6 status_event, 2 workflow_run, 1 pipeline;")
     assert await rkeys(sessions) == {kept.rkey}
+
+
+async def test_a_running_service_sweeps_in_the_background(make_spindle, sessions) -> None:
+    old = await add_pipeline(sessions, age_days=120)
+    young = await add_pipeline(sessions, age_days=1)
+
+    async with make_spindle(retention_runs_days=30, retention_keep_pipelines=0) as spindle:
+        swept = 'spindle_retention_deleted_rows_total{table="pipeline"} 1.0'
+        async with asyncio.timeout(60):  # a safety net; the sweep runs as the service starts
+            while swept not in spindle.ctx.metrics.render().decode():
+                await asyncio.sleep(0.05)
+
+    assert await rkeys(sessions) == {young.rkey}
+    assert old.rkey not in await rkeys(sessions)
