@@ -11,8 +11,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 from pydantic import ValidationError
+from pythonjsonlogger.json import JsonFormatter
 
 from app import migrate
 from app.config import DID_RE, Settings, is_valid_host
@@ -32,6 +34,29 @@ def _settings() -> Settings:
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()]
         raise SystemExit("spindle: invalid configuration:\n" + "\n".join(lines)) from None
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """The service's own log on stderr: text lines, or with SPINDLE_LOG_FORMAT=json one JSON object
+    per line (`level`, `logger`, `message`, any `extra=` fields, `exc_info`, `time` in UTC)."""
+    handler = logging.StreamHandler(stream)
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{name}{message}",
+                style="{",
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp="time",
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
 
 
 def _did(value: str) -> str:
@@ -122,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         help="a file holding the old key (base64, as the key file does)",
+    )
+    retention = sub.add_parser("retention", help="what the database keeps of finished runs").add_subparsers(
+        dest="retention_command", required=True
+    )
+    retention.add_parser(
+        "sweep",
+        help="apply the SPINDLE_RETENTION_* rules once now (a running service also does, in the background)",
     )
 
     image = sub.add_parser("runner-image", help="the image jobs run in when they name none").add_subparsers(
@@ -274,6 +306,27 @@ async def _check_secrets_key(settings: Settings) -> None:
         await engine.dispose()
 
 
+async def _retention_command(settings: Settings) -> int:
+    """`retention sweep`: one sweep with the configured rules, what it deleted printed."""
+    from app.runs.retention import RetentionSweeper
+
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        sweeper = RetentionSweeper(settings=settings, engine=engine)
+        if not sweeper.enabled:
+            print("retention is off: every SPINDLE_RETENTION_* rule is 0, nothing is deleted")
+            return 0
+        report = await sweeper.sweep()
+    finally:
+        await engine.dispose()
+    if report.skipped:
+        print("another spindle process is sweeping this database right now; nothing done")
+        return 0
+    deleted = ", ".join(f"{count} {table}" for table, count in report.deleted.items())
+    print(f"deleted {deleted}; removed the logs of {report.logs_pruned} runs in {report.seconds:.1f} s")
+    return 0
+
+
 async def _runner_image_command(settings: Settings, args: argparse.Namespace) -> int:
     """`runner-image build`: always a fresh build (Debian's updates), named by its digest tag and --tag."""
     ref = args.tag or settings.runner_image
@@ -302,9 +355,7 @@ async def _runner_image_command(settings: Settings, args: argparse.Namespace) ->
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     masking.install_log_filter()
     if args.command == "migrate":
         migrate.upgrade(settings.resolved_database_url)
@@ -316,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "secret":
         migrate.upgrade(settings.resolved_database_url)
         return asyncio.run(_secret_command(settings, args))
+    if args.command == "retention":
+        migrate.upgrade(settings.resolved_database_url)
+        return asyncio.run(_retention_command(settings))
     if args.command == "runner-image":
         return asyncio.run(_runner_image_command(settings, args))
     if args.command == "serve":
@@ -339,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # app's lifespan: it is the process's decision, and tests start many apps in one process.
         gc.collect()
         gc.freeze()
+        # JSON: uvicorn's own loggers (start-up, errors, access lines) go through the root handler
+        # too, rather than through the text handlers of uvicorn's default configuration.
+        logging_options: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
         uvicorn.run(
             app,
             host=settings.listen_host,
@@ -348,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ws_max_size=1 << 20,
             # Log frames are small and many: compressing each costs more CPU than it saves.
             ws_per_message_deflate=False,
+            **logging_options,
         )
         return 0
     return 2

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # variables, set by the operator here; Tangled has no per-repo variables).
     vars: dict[str, str] = Field(default_factory=dict)
     log_level: str = "info"
+    # The service's own log lines: `text` for people, `json` (one object per line: time, level,
+    # logger, message and any extra fields) for a log collector. docs/operations.md.
+    log_format: Literal["text", "json"] = "text"
     # Where `uses: owner/repo@ref` is fetched from, as `<actions_url>/<owner>/<repo>`: GitHub, or an
     # operator's mirror (Forgejo/Gitea runners call it DEFAULT_ACTIONS_URL).
     actions_url: str = Field(default="https://github.com", pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
@@ -120,6 +123,20 @@ class Settings(BaseSettings):
             except SecretsKeyError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    # Retention (docs/operations.md): a background sweep deletes, in small batches, finished
+    # pipelines older than `retention_runs_days` (runs, status events, logs), the log lines of
+    # finished runs older than `retention_logs_days`, and the logs of the oldest finished runs
+    # while all stored logs exceed `retention_log_mb`. 0 turns a rule off (kept forever). The
+    # newest `retention_keep_pipelines` pipelines of each repo are never removed by age.
+    retention_runs_days: float = Field(default=90, ge=0)
+    retention_logs_days: float = Field(default=30, ge=0)
+    retention_log_mb: int = Field(default=0, ge=0)
+    retention_keep_pipelines: int = Field(default=50, ge=0)
+    retention_interval_seconds: float = Field(default=600, gt=0)
+    # Rows per DELETE statement (and per transaction), and the pause between two of them.
+    retention_batch_rows: int = Field(default=500, ge=1, le=10_000)
+    retention_pause_ms: int = Field(default=50, ge=0)
 
     @field_validator("hostname")
     @classmethod

@@ -3,7 +3,7 @@ by routes, and stopped in reverse order when it ends.
 
     AppContext(settings)   builds them, connecting nothing yet
     await ctx.start()      checks the secrets key against the stored secrets, then starts the
-                           pipeline writer, the scheduler, the knot event consumer
+                           pipeline writer, the scheduler, the knot event consumer, retention
     await ctx.close()      stops those, then closes clients and the database engine
 """
 
@@ -22,8 +22,10 @@ from app.engine.queue import Scheduler
 from app.identity.resolver import DidResolver
 from app.knot.client import KnotClient
 from app.knot.events import KnotEventConsumer
+from app.metrics import Metrics
 from app.repos.service import RegistrationCache
 from app.runs.flows import RunFlows, RunStarter
+from app.runs.retention import RetentionSweeper
 from app.runs.writer import PipelineWriter
 from app.secrets import service as secrets_service
 from app.secrets.crypto import SecretCipher
@@ -33,6 +35,7 @@ from app.streams.broker import Broker
 class AppContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.metrics = Metrics()
         self.engine = create_engine(settings.resolved_database_url)
         self.sessionmaker = create_sessionmaker(self.engine)
         # One client for identity lookups (the knot client has its own); redirects are not
@@ -44,6 +47,7 @@ class AppContext:
         )
         self.broker = Broker()
         self.resolver = DidResolver(http=self.http, plc_url=settings.plc_url, dev=settings.dev)
+        self.metrics.count_did_cache(lambda: self.resolver)
         # Processes sharing a server database also share the jti ledger; a SQLite file belongs
         # to one `spindle serve`, whose in-memory guard already sees every token.
         ledger = None if is_sqlite(settings.resolved_database_url) else SharedReplayLedger(engine=self.engine)
@@ -56,6 +60,7 @@ class AppContext:
             broker=self.broker,
             knot=self.knot,
             secrets=self.secrets,
+            metrics=self.metrics,
         )
         self.writer = PipelineWriter(engine=self.engine)
         self.registrations = RegistrationCache(sessionmaker=self.sessionmaker)
@@ -69,6 +74,7 @@ class AppContext:
         self.consumer = KnotEventConsumer(
             settings=settings, sessionmaker=self.sessionmaker, knot=self.knot, flows=self.flows
         )
+        self.retention = RetentionSweeper(settings=settings, engine=self.engine, metrics=self.metrics)
         self.extras: dict[str, Any] = {}
 
     async def start(self) -> None:
@@ -80,8 +86,10 @@ class AppContext:
         await self.writer.start()
         await self.scheduler.start()
         await self.consumer.start()
+        await self.retention.start()
 
     async def close(self) -> None:
+        await self.retention.stop()
         await self.consumer.stop()
         await self.writer.stop()
         await self.registrations.close()

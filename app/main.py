@@ -7,9 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from sqlalchemy import text
 
+from app import metrics
 from app.config import Settings
 from app.context import AppContext
 from app.deps import CtxDep
@@ -53,5 +54,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with ctx.sessionmaker() as session:
             await session.execute(text("SELECT 1"))
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(ctx: CtxDep) -> Response:
+        """Prometheus text format (docs/operations.md lists the metrics)."""
+        await ctx.metrics.refresh(ctx.sessionmaker)
+        return Response(ctx.metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     return app

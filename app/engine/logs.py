@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.background import BackgroundLoop
 from app.database import utcnow
 from app.engine import masking
 from app.engine.masking import Masker
-from app.runs.models import LogLine
+from app.metrics import Metrics
+from app.runs.models import LogLine, WorkflowRun
 from app.streams.broker import Broker, logs_topic
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,13 @@ class LogSink:
     max_bytes: int = MAX_BYTES
     max_line_chars: int = MAX_LINE_CHARS
     masker: Masker = field(default_factory=Masker)
+    metrics: Metrics | None = None
     lines: int = field(default=0, init=False)
     bytes: int = field(default=0, init=False)
     dropped: int = field(default=0, init=False)
     truncated: bool = field(default=False, init=False)
     _buffer: list[dict[str, Any]] = field(default_factory=list, init=False)
+    _buffer_bytes: int = field(default=0, init=False)  # the buffered lines' share of `bytes`
     # Set when BATCH_LINES are buffered: the flusher writes them without waiting FLUSH_INTERVAL.
     _flusher: BackgroundLoop = field(default_factory=BackgroundLoop, init=False)
 
@@ -111,6 +114,7 @@ class LogSink:
             return
         self.lines += 1
         self.bytes += size
+        self._buffer_bytes += size
         self._add("data", content, stream=stream, step_id=step_id)
 
     def notice(self, content: str, *, step_id: int | None = None) -> None:
@@ -147,6 +151,7 @@ class LogSink:
             step_command = None
         self.lines += 1
         self.bytes += size
+        self._buffer_bytes += size
         self._add("control", content, step_id=step_id, step_status=step_status, step_command=step_command)
 
     def _truncate(self, step_id: int | None) -> None:
@@ -195,17 +200,27 @@ class LogSink:
         """Store the buffered lines in one transaction, then publish them (never the other way)."""
         while self._buffer:
             batch, self._buffer = self._buffer, []
+            size, self._buffer_bytes = self._buffer_bytes, 0
             try:
                 async with self.sessionmaker() as session:
                     # Multi-row INSERT … RETURNING. Rows of one statement get increasing ids in
                     # VALUES order, so sorting the returned ids pairs them with the rows;
                     # asking SQLAlchemy to keep the order makes SQLite insert row by row (10x slower).
                     ids = sorted(await session.scalars(insert(LogLine).returning(LogLine.id), batch))
+                    # The run's stored log size, in the same transaction: what retention's size cap sums.
+                    await session.execute(
+                        update(WorkflowRun)
+                        .where(WorkflowRun.id == self.run_id)
+                        .values(log_bytes=WorkflowRun.log_bytes + size)
+                        .execution_options(synchronize_session=False)
+                    )
                     await session.commit()
             except Exception:
                 # A log write must never take the run down with it; the lines are lost, say so.
                 log.exception("could not store %d log lines of run %d", len(batch), self.run_id)
                 continue
+            if self.metrics is not None:
+                self.metrics.log_bytes_stored(size)
             for row, row_id in zip(batch, ids, strict=True):
                 row["id"] = row_id
             topic = logs_topic(self.run_id)

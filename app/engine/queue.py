@@ -46,6 +46,7 @@ from app.engine.logs import LogSink
 from app.engine.masking import Masker
 from app.engine.runner import RunOutcome, WorkflowRunner
 from app.knot.client import KnotClient
+from app.metrics import Metrics, seconds_between
 from app.runs.models import Status, WorkflowRun
 from app.runs.status import announce, transition
 from app.secrets import service as secrets_service
@@ -94,6 +95,7 @@ class Scheduler:
         knot: KnotClient,
         backend: Backend | None = None,
         secrets: SecretCipher | None = None,
+        metrics: Metrics | None = None,
         poll_interval: float = POLL_INTERVAL,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         stale_after: float = STALE_AFTER,
@@ -102,6 +104,7 @@ class Scheduler:
         self.sessionmaker = sessionmaker
         self.broker = broker
         self.knot = knot
+        self.metrics = metrics or Metrics()
         self.instance_id = settings.instance_id or default_instance_id(settings)
         self.backend: Backend = backend or ContainerBackend(
             settings=settings, instance_id=self.instance_id, deployment=deployment_id(settings)
@@ -204,6 +207,7 @@ class Scheduler:
                 event = transition(session, run, Status.CANCELLED, error=CANCELLED_PENDING)
                 await session.commit()
                 announce(self.broker, run, event)
+                self.metrics.run_finished(Status.CANCELLED, None)
                 return Status.CANCELLED
             await session.execute(
                 update(WorkflowRun)
@@ -393,6 +397,7 @@ class Scheduler:
             broker=self.broker,
             max_bytes=self.settings.run_log_mb * 1024 * 1024,
             masker=Masker(tuple(spec.secrets.values())),
+            metrics=self.metrics,
         )
         await logs.start()
         try:
@@ -409,6 +414,7 @@ class Scheduler:
                 scratch=self.settings.data_dir / "runs" / f"{spec.run_id}-{self.instance_id}",
                 job_slots=self.job_slots,
                 actions=self.actions,
+                metrics=self.metrics,
             )
             outcome = await runner.run(spec)
         except _SecretsUnavailable as exc:
@@ -494,4 +500,6 @@ class Scheduler:
         event = transition(session, run, status, error=error, exit_code=exit_code)
         await session.commit()
         announce(self.broker, run, event)
+        if status.is_finished:
+            self.metrics.run_finished(status, seconds_between(run.started_at, run.finished_at))
         return run

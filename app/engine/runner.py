@@ -20,6 +20,7 @@ import posixpath
 import re
 import shlex
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from app.engine.backend import Job as EngineJob
 from app.engine.container.options import ContainerOptions, OptionsError, parse_options
 from app.engine.context import RunSpec, Workspace, github_context, runner_context, standard_env
 from app.engine.logs import LogSink
+from app.metrics import Metrics
 from app.runs.models import Status
 from app.workflows.exceptions import InvalidWorkflow, WorkflowError
 from app.workflows.expressions import (
@@ -275,8 +277,10 @@ class WorkflowRunner:
         scratch: Path,
         job_slots: asyncio.Semaphore | None = None,
         actions: ActionCache | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.backend = backend
+        self.metrics = metrics
         self.logs = logs
         self.cancel = cancel
         self.settings = settings
@@ -618,17 +622,22 @@ class WorkflowRunner:
         async with self.job_slots, _either(self.cancel, stop) as cancel:
             if cancel.is_set():
                 return JobResult("cancelled")
+            started = time.monotonic()
             try:
                 engine_job = await self.backend.setup_job(container, progress=self.logs.notice)
             except (JobSetupError, EngineUnavailable) as exc:
                 return self._job_failure(f"job '{name}': {exc}")
+            result = JobResult("failure")  # if _run_steps raises
             try:
-                return await self._run_steps(
+                result = await self._run_steps(
                     spec, job, ctx, name, workspace, github, minutes, allow_failure, engine_job,
                     defaults=job.defaults.over(workflow.definition.defaults), cancel=cancel,
                 )  # fmt: skip
+                return result
             finally:
                 await self.backend.destroy_job(engine_job)
+                if self.metrics is not None:
+                    self.metrics.job_finished(result.result, time.monotonic() - started)
 
     async def _run_steps(
         self,

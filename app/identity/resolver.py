@@ -115,14 +115,18 @@ class DidResolver:
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[DidDocument]] = {}
         self._fetch_slots = asyncio.Semaphore(max_concurrent_fetches)
+        # Lookups answered from the cache, and those that fetched (spindle_did_cache_requests_total).
+        self.hits = 0
+        self.misses = 0
 
     def fresh(self, did: str) -> DidDocument | None:
         """The cached document of `did` when `resolve` would answer it without a lookup, else None
         (no coroutine: the service-auth check asks this first, on every request)."""
         entry = self._cache.get(did)
         if entry is None or not self._is_fresh(entry, self._clock()):
-            return None
+            return None  # not counted: the caller resolves next, which counts
         self._cache.move_to_end(did)
+        self.hits += 1
         return entry.document
 
     def _is_fresh(self, entry: _Entry, now: float) -> bool:
@@ -139,13 +143,16 @@ class DidResolver:
             if force_refresh:
                 if entry.forced_at is not None and now - entry.forced_at < self.refresh_interval:
                     self._cache.move_to_end(did)
+                    self.hits += 1
                     return entry.document
                 entry.forced_at = now
             elif self._is_fresh(entry, now):
                 self._cache.move_to_end(did)
+                self.hits += 1
                 return entry.document
         else:
             self._check_syntax(did)
+        self.misses += 1
         try:
             return await self._fetch_once(did)
         except DirectoryUnavailable as exc:

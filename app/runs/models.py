@@ -52,7 +52,11 @@ class Pipeline(Base):
     """One trigger (manual or a knot event): unique per (knot, rkey)."""
 
     __tablename__ = "pipeline"
-    __table_args__ = (UniqueConstraint("knot", "rkey"),)
+    __table_args__ = (
+        UniqueConstraint("knot", "rkey"),
+        # A repo's pipelines newest first: what the retention sweep keeps (SPINDLE_RETENTION_KEEP_PIPELINES).
+        Index("ix_pipeline_repo_did_id", "repo_did", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     knot: Mapped[str] = mapped_column(String(300))
@@ -67,7 +71,8 @@ class Pipeline(Base):
     trigger: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # A digest of the request that created it: a retry with the same digest gets the stored answer.
     request_digest: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Indexed: the retention sweep looks for pipelines older than its cutoff.
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
     workflow_runs: Mapped[list[WorkflowRun]] = relationship(
         back_populates="pipeline", order_by="WorkflowRun.id", lazy="selectin"
@@ -105,7 +110,12 @@ class WorkflowRun(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    # Bytes of its stored log lines (as SPINDLE_RUN_LOG_MB counts them), kept by the log sink in
+    # the transaction that stores them: the retention size cap sums this, not the log table.
+    log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When the retention sweep removed its log lines (the run and its status stay).
+    logs_pruned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     pipeline: Mapped[Pipeline] = relationship(back_populates="workflow_runs", lazy="joined")
 

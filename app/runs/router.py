@@ -18,15 +18,27 @@ from app.auth.deps import authenticate
 from app.context import AppContext
 from app.runs import schemas
 from app.xrpc.body import read_json_object
+from app.xrpc.errors import BACKEND_UNAVAILABLE, DATABASE_UNAVAILABLE, XrpcError
 
 
 async def trigger(request: Request) -> JSONResponse:
     """Run a repo's workflows at a commit; the body is read only after the token is verified."""
-    actor = await authenticate(request, schemas.TRIGGER_NSID)
     ctx: AppContext = request.app.state.ctx
-    body = await read_json_object(request, max_bytes=schemas.MAX_BODY_BYTES)
-    req = schemas.parse_trigger_input(body)
-    out = await ctx.flows.trigger(actor=actor, req=req)
+    try:
+        actor = await authenticate(request, schemas.TRIGGER_NSID)
+        body = await read_json_object(request, max_bytes=schemas.MAX_BODY_BYTES)
+        req = schemas.parse_trigger_input(body)
+        out = await ctx.flows.trigger(actor=actor, req=req)
+    except XrpcError as exc:
+        ctx.metrics.trigger_result(exc.error)
+        raise
+    except DATABASE_UNAVAILABLE + BACKEND_UNAVAILABLE:
+        ctx.metrics.trigger_result("ServiceUnavailable")  # what the app's error handler answers
+        raise
+    except Exception:
+        ctx.metrics.trigger_result("InternalServerError")
+        raise
+    ctx.metrics.trigger_result("accepted")
     return JSONResponse(out)
 
 

@@ -377,7 +377,8 @@ def _insert(statements: _Statements, items: list[NewPipeline]) -> list[StoredPip
         key = (new.knot, new.rkey)
         found = stored.get(key)
         if found is None:
-            # Pipelines are never deleted: a key that conflicted and cannot be read is a fault.
+            # Only the retention sweep deletes pipelines (old, finished ones): one deleted between
+            # the INSERT and this read fails the batch, and written alone it is inserted afresh.
             raise RuntimeError(f"pipeline {key} conflicted but could not be read back")
         if found.created and leaders[key] is not new:
             # A duplicate within the batch: it sees the leader's pipeline as already taken.

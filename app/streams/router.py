@@ -126,7 +126,8 @@ async def logs_socket(
                 for item in batch:
                     yield service.encode_log_line(item)
 
-    await _serve(websocket, frames(), reason="log stream complete")
+    with ctx.metrics.watching("logs"):
+        await _serve(websocket, frames(), reason="log stream complete")
 
 
 @router.get("/logs/{knot}/{rkey}/{workflow}", response_class=PlainTextResponse)
@@ -184,11 +185,12 @@ async def _status_stream(
             return Response(status_code=204)
 
     async def stream() -> AsyncGenerator[str, None]:
-        yield f"retry: {SSE_RETRY_MS}\n\n"
-        batches = watch.follow_status(feeds=feeds, run_ids=run_ids, after=resume, idle=KEEPALIVE_SECONDS)
-        async with contextlib.aclosing(batches):
-            async for batch in batches:
-                yield "".join(_sse(item) for item in batch) if batch else ": keep-alive\n\n"
+        with ctx.metrics.watching("status"):
+            yield f"retry: {SSE_RETRY_MS}\n\n"
+            batches = watch.follow_status(feeds=feeds, run_ids=run_ids, after=resume, idle=KEEPALIVE_SECONDS)
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    yield "".join(_sse(item) for item in batch) if batch else ": keep-alive\n\n"
 
     return StreamingResponse(
         stream(),
@@ -275,7 +277,8 @@ async def events_socket(websocket: WebSocket, ctx: CtxDep, feeds: FeedsDep) -> N
                     for item in batch:
                         yield json.dumps(service.event_frame(item), ensure_ascii=False)
 
-        await _serve(websocket, frames(), reason="event stream ended")
+        with ctx.metrics.watching("events"):
+            await _serve(websocket, frames(), reason="event stream ended")
 
 
 # --- run page ----------------------------------------------------------------------------

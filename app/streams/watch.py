@@ -149,6 +149,10 @@ async def follow_status(
             latest = await service.latest_status_items(session=session, run_ids=run_ids)
             # A run whose every transition the client already has may be finished too.
             finished.update((item["workflowRunId"], service.is_finished(item)) for item in latest)
+            # A run with no transition left was deleted (retention; only finished runs are): it is
+            # over for its watchers, whose stream ends rather than waiting for news that never comes.
+            present = {item["workflowRunId"] for item in latest}
+            finished.update((run_id, True) for run_id in run_ids if run_id not in present)
             if start and after is None:
                 return fresh(latest)
             # A pipeline's runs have a few transitions each: few pages, read before anything is sent.
