@@ -2,7 +2,7 @@
 by routes, and stopped in reverse order when it ends.
 
     AppContext(settings)   builds them, connecting nothing yet
-    await ctx.start()      the pipeline writer, the scheduler, the knot event consumer
+    await ctx.start()      the pipeline writer, the scheduler, the knot event consumer, Jetstream
     await ctx.close()      stops those, then closes clients and the database engine
 """
 
@@ -17,7 +17,9 @@ from app.auth.verifier import ServiceAuthVerifier
 from app.config import Settings
 from app.database import create_engine, create_sessionmaker, is_sqlite
 from app.engine.queue import Scheduler
+from app.identity.pds import PdsRecordReader
 from app.identity.resolver import DidResolver
+from app.jetstream.consumer import JetstreamConsumer
 from app.knot.client import KnotClient
 from app.knot.events import KnotEventConsumer
 from app.repos.service import RegistrationCache
@@ -60,14 +62,21 @@ class AppContext:
         self.consumer = KnotEventConsumer(
             settings=settings, sessionmaker=self.sessionmaker, knot=self.knot, flows=self.flows
         )
+        self.jetstream = JetstreamConsumer(
+            settings=settings,
+            sessionmaker=self.sessionmaker,
+            records=PdsRecordReader(http=self.http, resolver=self.resolver, dev=settings.dev),
+        )
         self.extras: dict[str, Any] = {}
 
     async def start(self) -> None:
         await self.writer.start()
         await self.scheduler.start()
         await self.consumer.start()
+        await self.jetstream.start()
 
     async def close(self) -> None:
+        await self.jetstream.stop()
         await self.consumer.stop()
         await self.writer.stop()
         await self.registrations.close()
