@@ -2,7 +2,8 @@
 
     trigger()         the manual XRPC trigger (com.publicdomainrelay.temp.tangled.spindle.trigger)
     knot_pipeline()   a knot's `sh.tangled.pipeline` event (app.knot.events reads the stream)
-    (next: a knot's `sh.tangled.git.refUpdate` push, Tangled's `sh.tangled.ci.triggerPipeline`)
+    knot_push()       a knot's `sh.tangled.git.refUpdate` (current knots): the workflows at the
+                      pushed commit whose `on: push` filters match, as GitHub matches them
 
 Each flow checks what its way of starting requires, plans the runs (service.plan_runs) and hands
 the pipeline to RunStarter.start: recorded exactly once (writer.py), its `pending` runs announced
@@ -38,7 +39,7 @@ from app.runs.schemas import TriggerInput
 from app.runs.status import announce_pipeline
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun, StoredPipeline
 from app.streams.broker import Broker
-from app.workflows.workflow import WORKFLOW_SUFFIXES, WorkflowFile, workflow_stem
+from app.workflows.workflow import WORKFLOW_SUFFIXES, WorkflowFile, parse_workflow, workflow_stem
 from app.xrpc.errors import Forbidden, InvalidRequest
 
 if TYPE_CHECKING:
@@ -61,6 +62,23 @@ class DispatchedPipeline:
     names: tuple[str, ...]  # the workflow names as the event gave them
     other_dids: tuple[str, ...] = ()  # the repo's own DID, when the event names it besides the owner's
     inputs: dict[str, str] = field(default_factory=dict)
+    trigger: dict[str, Any] = field(default_factory=dict)  # triggerMetadata, for the github context
+
+
+@dataclass(frozen=True)
+class PushedRef:
+    """A knot's `sh.tangled.git.refUpdate`, already matched to a served repo."""
+
+    knot: str
+    rkey: str  # the event's record key: the pipeline's key on that knot
+    repo_did: str  # the registration's DID and name
+    repo_name: str
+    ref: str
+    old_sha: str
+    new_sha: str
+    # The files the push changed, when the knot says (2026 knots send `changedFiles`); None:
+    # unknown, and `paths` / `paths-ignore` filters then let the push through.
+    changed_paths: tuple[str, ...] | None
     trigger: dict[str, Any] = field(default_factory=dict)  # triggerMetadata, for the github context
 
 
@@ -285,6 +303,74 @@ class RunFlows:
             pipeline=recorded,
             runs=[run.name for run in runs],
             skipped=skipped,
+        )
+
+    async def knot_push(self, push: PushedRef) -> Dispatched:
+        """Start the workflows whose `on: push` matches a pushed ref, once per event."""
+        async with self.sessionmaker() as session:
+            existing = await service.find_pipeline(session=session, knot=push.knot, rkey=push.rkey)
+        if existing is not None:
+            return Dispatched(created=False, pipeline=existing)
+        try:
+            files = await self.knot.workflow_files(
+                knot=push.knot, repo_did=push.repo_did, repo_name=push.repo_name, sha=push.new_sha
+            )
+        except InvalidRequest as exc:
+            log.info(
+                "knot %s push %s: nothing to run at %s: %s", push.knot, push.rkey, push.new_sha, exc.message
+            )
+            return Dispatched(created=False, pipeline=None)
+        runs: list[PlannedRun] = []
+        skipped: list[str] = []
+        for file in files:
+            try:
+                workflow = parse_workflow(file.path, file.source)
+                if not workflow.on.matches_push(ref=push.ref, changed_paths=push.changed_paths):
+                    skipped.append(file.filename)
+                    continue
+                runs.extend(service.plan_runs(files=[file], inputs={}))
+            except InvalidRequest as exc:
+                # One unreadable workflow does not stop the others, as on GitHub.
+                skipped.append(file.filename)
+                log.warning("knot %s push %s: skipped %s: %s", push.knot, push.rkey, file.path, exc.message)
+        if not runs:
+            log.info(
+                "knot %s push %s of %s to %s/%s: no workflow's `on: push` matches",
+                push.knot,
+                push.rkey,
+                push.ref,
+                push.repo_did,
+                push.repo_name,
+            )
+            return Dispatched(created=False, pipeline=None, skipped=skipped)
+        digest = hashlib.sha256(
+            json.dumps(
+                ["knot-push", push.knot, push.rkey, push.repo_did, push.repo_name, push.ref, push.new_sha]
+            ).encode()
+        ).hexdigest()
+        recorded = await self.starter.start(
+            push,
+            rkey=push.rkey,
+            sha=push.new_sha,
+            actor=None,
+            kind="push",
+            trigger=push.trigger,
+            digest=digest,
+            runs=runs,
+        )
+        if recorded.created:
+            log.info(
+                "knot %s push %s of %s to %s/%s at %s runs %s",
+                push.knot,
+                push.rkey,
+                push.ref,
+                push.repo_did,
+                push.repo_name,
+                push.new_sha,
+                ", ".join(run.name for run in runs),
+            )
+        return Dispatched(
+            created=recorded.created, pipeline=recorded, runs=[run.name for run in runs], skipped=skipped
         )
 
 
