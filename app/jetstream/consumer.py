@@ -102,6 +102,7 @@ class JetstreamLink:
     events: int = 0
     applied: int = 0
     backfills: int = 0  # accounts whose records were read from their PDS
+    time_us: int | None = None  # of the last event handled
     last_url: str | None = None
     last_error: str | None = None
 
@@ -220,6 +221,7 @@ class JetstreamConsumer:
         if change is not None and change.collection in service.COLLECTIONS:
             outcome = await self._apply(change)
         if time_us is not None:
+            self.link.time_us = time_us
             await self._note_cursor(time_us)
         return outcome
 
