@@ -66,6 +66,7 @@ class AppContext:
             settings=settings,
             sessionmaker=self.sessionmaker,
             records=PdsRecordReader(http=self.http, resolver=self.resolver, dev=settings.dev),
+            flows=self.flows,
         )
         self.extras: dict[str, Any] = {}
 

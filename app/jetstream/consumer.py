@@ -40,6 +40,9 @@ from app.identity.exceptions import ResolutionError
 from app.identity.pds import PdsError, PdsRecordReader
 from app.jetstream import service
 from app.jetstream.models import JetstreamCursor
+from app.jetstream.pulls import PULL, NotRunnable, pulled_request
+from app.runs.flows import RunFlows
+from app.xrpc.errors import InvalidRequest, UpstreamFailure
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,12 @@ BACKFILL_ATTEMPTS = 3
 OPERATIONS = ("create", "update", "delete")
 
 
+WANTED_COLLECTIONS = (*service.COLLECTIONS, PULL)
+
+
 def subscribe_url(base: str, *, cursor: int | None) -> str:
     """Jetstream's subscription URL for Tangled's collections, resuming at `cursor` when given."""
-    params: list[tuple[str, str]] = [("wantedCollections", c) for c in service.COLLECTIONS]
+    params: list[tuple[str, str]] = [("wantedCollections", c) for c in WANTED_COLLECTIONS]
     if cursor is not None:
         params.append(("cursor", str(cursor)))
     return f"{base}{'&' if '?' in base else '?'}{urlencode(params)}"
@@ -114,12 +120,14 @@ class JetstreamConsumer:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         records: PdsRecordReader,
+        flows: RunFlows,
         backoff_start: float | None = None,
         backoff_max: float | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.records = records
+        self.flows = flows
         self.backoff_start = BACKOFF_START if backoff_start is None else backoff_start
         self.backoff_max = BACKOFF_MAX if backoff_max is None else backoff_max
         self.link = JetstreamLink()
@@ -220,6 +228,8 @@ class JetstreamConsumer:
         outcome = "no change"
         if change is not None and change.collection in service.COLLECTIONS:
             outcome = await self._apply(change)
+        elif change is not None and change.collection == PULL and change.operation != "delete":
+            outcome = await self._pull(change)
         if time_us is not None:
             self.link.time_us = time_us
             await self._note_cursor(time_us)
@@ -236,6 +246,26 @@ class JetstreamConsumer:
         if applied.new_member is not None:
             self._backfill([applied.new_member])
         return applied.outcome
+
+    async def _pull(self, change: service.RecordChange) -> str:
+        """Start the runs of a pull request of a served repo; a pull that cannot run is logged."""
+        where = f"jetstream {change.did}/{PULL}/{change.rkey}"
+        try:
+            async with self.sessionmaker() as session:
+                pull = await pulled_request(
+                    session=session, settings=self.settings, knot=self.flows.knot, change=change
+                )
+            result = await self.flows.pull_request(pull)
+        except NotRunnable as exc:
+            log.debug("%s: not run: %s", where, exc)
+            return f"ignored: {exc}"
+        except (InvalidRequest, UpstreamFailure) as exc:
+            log.warning("%s: not run: %s", where, exc.message)
+            return f"skipped: {exc.message}"
+        if result.created:
+            log.info("%s: pull request runs %s", where, ", ".join(result.runs))
+            return "recorded"
+        return "redelivered" if result.pipeline is not None else "no workflow matches"
 
     # -- backfill: the records that were there before we listened --------------------------------
 

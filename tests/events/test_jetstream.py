@@ -14,6 +14,7 @@ from app.jetstream import consumer as jetstream_consumer
 from app.jetstream.models import JetstreamCursor, SpindleMember
 from app.repos import service as repos_service
 from app.repos.models import Repo
+from app.runs.models import Pipeline
 from app.xrpc.errors import Forbidden
 from tests.conftest import OWNER_DID
 from tests.events.conftest import EventKnot, Spindle, eventually, minted
@@ -28,6 +29,7 @@ from tests.support.servers import ServerThread, free_port
 MEMBER = "sh.tangled.spindle.member"
 REPO = "sh.tangled.repo"
 COLLABORATOR = "sh.tangled.repo.collaborator"
+PULL = "sh.tangled.repo.pull"
 MEMBER_DID = "did:plc:memberaaaaaaaaaaaaaaaaaa"
 COLLAB_DID = "did:plc:collabaaaaaaaaaaaaaaaaaa"
 STRANGER_DID = "did:plc:strangeraaaaaaaaaaaaaaaa"
@@ -149,7 +151,7 @@ async def test_a_members_repo_that_picks_this_spindle_is_served_and_a_push_runs_
         assert sorted(run.name for run in pipeline.workflow_runs) == ["docs", "main_only"]
         assert (pipeline.repo_did, pipeline.repo_name) == (MEMBER_DID, "filters")
         # Jetstream was asked for Tangled's collections only.
-        assert set(jetstream.connections[0].collections) == {MEMBER, REPO, COLLABORATOR}
+        assert set(jetstream.connections[0].collections) == {MEMBER, REPO, COLLABORATOR, PULL}
 
 
 async def test_a_repo_of_someone_who_is_not_a_member_is_ignored(
@@ -260,6 +262,85 @@ async def _may_trigger(spindle: Spindle, knot: str, actor: str) -> bool:
         except Forbidden:
             return False
     return True
+
+
+def pull_record(uri: str, *, source: dict[str, Any] | None, target_branch: str = "main") -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "title": "a change",
+        "target": {"repo": uri, "branch": target_branch},
+        "rounds": [],
+        "createdAt": CREATED,
+    }
+    if source is not None:
+        record["source"] = source
+    return record
+
+
+async def test_a_collaborators_pull_request_runs_the_workflows_whose_pull_request_filters_match(
+    start: Launcher, jetstream: FakeJetstream, member_git: tuple[EventKnot, GitRepo, str]
+):
+    event_knot, git, _ = member_git
+    feature = git.commit({"feature.txt": "work\n"}, message="feature work")
+    git.branch("feature", feature)
+    async with start() as spindle:
+        _, repo_rkey = await serve_member_repo(spindle, jetstream, event_knot.host)
+        uri = f"at://{MEMBER_DID}/{REPO}/{repo_rkey}"
+        jetstream.commit(
+            MEMBER_DID, COLLABORATOR, new_tid(), {"subject": COLLAB_DID, "repo": uri, "createdAt": CREATED}
+        )
+        pull_rkey = new_tid()
+
+        first = jetstream.commit(COLLAB_DID, PULL, pull_rkey, pull_record(uri, source={"branch": "feature"}))
+        await applied(spindle, first)
+        # Dropped, Jetstream replays from before the cursor: the same event again starts nothing more.
+        link = spindle.ctx.jetstream.link
+        events_before = link.events
+        jetstream.drop()
+
+        async def replayed() -> bool:
+            return link.connects >= 2 and link.events > events_before and (link.time_us or 0) >= first
+
+        await eventually(replayed, what="the pull event to be replayed")
+
+        async def recorded() -> list[Pipeline]:
+            return await spindle.pipelines()
+
+        [pipeline] = await eventually(recorded, what="the pull request's pipeline")
+        assert [run.name for run in pipeline.workflow_runs] == ["pr_main"]
+        assert (pipeline.trigger_kind, pipeline.sha, pipeline.repo_did) == (
+            "pull_request",
+            feature,
+            MEMBER_DID,
+        )
+        assert pipeline.trigger["pullRequest"] == {
+            "sourceBranch": "feature",
+            "targetBranch": "main",
+            "sourceSha": feature,
+            "action": "opened",
+            "pull": f"at://{COLLAB_DID}/{PULL}/{pull_rkey}",
+        }
+        assert "sourceRepo" not in pipeline.trigger  # the code comes from the repo itself
+        status = await spindle.finished(event_knot.host, pipeline.rkey, "pr_main")
+        assert status["status"] == "success"
+        assert len(await spindle.pipelines()) == 1
+
+
+async def test_pull_requests_without_rights_from_forks_or_without_a_branch_run_nothing(
+    start: Launcher, jetstream: FakeJetstream, member_git: tuple[EventKnot, GitRepo, str]
+):
+    event_knot, git, _ = member_git
+    git.branch("feature")
+    async with start() as spindle:
+        _, repo_rkey = await serve_member_repo(spindle, jetstream, event_knot.host)
+        uri = f"at://{MEMBER_DID}/{REPO}/{repo_rkey}"
+
+        jetstream.commit(STRANGER_DID, PULL, new_tid(), pull_record(uri, source={"branch": "feature"}))
+        fork = {"branch": "feature", "repo": "did:plc:forkaaaaaaaaaaaaaaaaaaaa"}
+        jetstream.commit(MEMBER_DID, PULL, new_tid(), pull_record(uri, source=fork))
+        last = jetstream.commit(MEMBER_DID, PULL, new_tid(), pull_record(uri, source=None))
+
+        await applied(spindle, last)
+        assert await spindle.pipelines() == []
 
 
 async def test_records_that_existed_before_the_first_start_are_read_from_the_pdses(

@@ -26,6 +26,8 @@ FILTERED_WORKFLOWS = {
     ".github/workflows/tags.yml": _skipped_job("on:\n  push:\n    tags: ['v*']"),
     ".github/workflows/docs.yaml": _skipped_job("on:\n  push:\n    branches: [main]\n    paths: ['docs/**']"),
     ".github/workflows/dispatch.yml": _skipped_job("on: workflow_dispatch"),
+    ".github/workflows/pr_main.yml": _skipped_job("on:\n  pull_request:\n    branches: [main]"),
+    ".github/workflows/pr_release.yml": _skipped_job("on:\n  pull_request:\n    branches: [release]"),
     ".github/workflows/broken.yml": "on: [push\n",
     "docs/index.md": "docs\n",
 }
