@@ -3,8 +3,9 @@ no operator step.
 
     JetstreamConsumer
       start()      nothing when SPINDLE_JETSTREAM_URL is empty or no owner is set; else one task:
-      first start  (no stored cursor) the cursor is set to now, then the owner's and members'
-                   existing records are read from their PDSes (backfill, in the background)
+      first start  (no stored cursor) the cursor is set to now; until a backfill has completed,
+                   each start reads the owner's and members' existing records from their PDSes
+                   (in the background)
       connection   <url>?wantedCollections=...&cursor=<stored - REWIND_US>; frames handled in
                    order; reconnect with jittered exponential backoff, forever
       handle_frame {did, time_us, kind: "commit", commit: {operation, collection, rkey, record}}
@@ -47,6 +48,9 @@ from app.xrpc.errors import InvalidRequest, UpstreamFailure
 log = logging.getLogger(__name__)
 
 CURSOR_NAME = "jetstream"
+# A second row of the cursor table: when the first backfill completed. Until it has, every start
+# backfills again (a crash in the middle of one leaves no account unread).
+BACKFILLED_NAME = "backfilled"
 REWIND_US = 10_000_000  # a resume starts this long before the stored cursor (µs)
 CURSOR_SAVE_SECONDS = 1.0
 MAX_FRAME_BYTES = 1 << 20  # Tangled's records are small; a bigger frame closes the connection
@@ -161,9 +165,10 @@ class JetstreamConsumer:
         if await self._load_cursor() is None:
             # From now on Jetstream has it; what came before is read from the PDSes.
             await self._store_cursor(time.time_ns() // 1_000)
+        if await self._load_cursor(BACKFILLED_NAME) is None:
             async with self.sessionmaker() as session:
                 known = await service.members(session=session)
-            self._backfill([self.settings.require_owner(), *known])
+            self._backfill([self.settings.require_owner(), *known], first=True)
         backoff = self.backoff_start
         while True:
             events_before = self.link.events
@@ -235,7 +240,7 @@ class JetstreamConsumer:
             await self._note_cursor(time_us)
         return outcome
 
-    async def _apply(self, change: service.RecordChange) -> str:
+    async def _apply(self, change: service.RecordChange, *, follow_members: bool = True) -> str:
         async with self._apply_lock, self.sessionmaker() as session:
             applied = await service.apply(session=session, settings=self.settings, change=change)
         if applied.outcome.startswith("ignored"):
@@ -243,7 +248,7 @@ class JetstreamConsumer:
         else:
             self.link.applied += 1
             log.info("jetstream %s/%s/%s: %s", change.did, change.collection, change.rkey, applied.outcome)
-        if applied.new_member is not None:
+        if applied.new_member is not None and follow_members:
             self._backfill([applied.new_member])
         return applied.outcome
 
@@ -269,13 +274,23 @@ class JetstreamConsumer:
 
     # -- backfill: the records that were there before we listened --------------------------------
 
-    def _backfill(self, dids: Iterable[str]) -> None:
-        task = asyncio.create_task(self._backfill_all(list(dict.fromkeys(dids))), name="jetstream-backfill")
+    def _backfill(self, dids: Iterable[str], *, first: bool = False) -> None:
+        task = asyncio.create_task(
+            self._backfill_all(list(dict.fromkeys(dids)), first=first), name="jetstream-backfill"
+        )
         self._backfills.add(task)
         task.add_done_callback(self._backfills.discard)
 
-    async def _backfill_all(self, dids: list[str]) -> None:
-        for did in dids:
+    async def _backfill_all(self, dids: list[str], *, first: bool) -> None:
+        """Backfill `dids`, and after the owner the members its records named; with `first`, mark
+        the first backfill done once every account was read."""
+        complete, queue = True, list(dids)
+        done: set[str] = set()
+        while queue:
+            did = queue.pop(0)
+            if did in done:
+                continue
+            done.add(did)
             for attempt in range(1, BACKFILL_ATTEMPTS + 1):
                 try:
                     await self._backfill_one(did)
@@ -285,6 +300,13 @@ class JetstreamConsumer:
                     log.warning("jetstream backfill of %s (attempt %d): %s", did, attempt, exc)
                     if attempt < BACKFILL_ATTEMPTS:
                         await asyncio.sleep(self.backoff_start * 2**attempt)
+            else:
+                complete = False
+            if did == self.settings.owner:
+                async with self.sessionmaker() as session:
+                    queue.extend(await service.members(session=session))
+        if first and complete:
+            await self._store_cursor(time.time_ns() // 1_000, name=BACKFILLED_NAME)
 
     async def _backfill_one(self, did: str) -> None:
         """Apply `did`'s member (the owner's only), collaborator and repo records as creates."""
@@ -296,13 +318,13 @@ class JetstreamConsumer:
                 change = service.RecordChange(
                     did=did, collection=collection, rkey=record.rkey, operation="create", record=record.value
                 )
-                await self._apply(change)
+                await self._apply(change, follow_members=False)
 
     # -- the cursor ------------------------------------------------------------------------------
 
-    async def _load_cursor(self) -> int | None:
+    async def _load_cursor(self, name: str = CURSOR_NAME) -> int | None:
         async with self.sessionmaker() as session:
-            row = await session.get(JetstreamCursor, CURSOR_NAME)
+            row = await session.get(JetstreamCursor, name)
             return row.time_us if row else None
 
     async def _note_cursor(self, time_us: int) -> None:
@@ -314,18 +336,19 @@ class JetstreamConsumer:
         if self._unsaved is not None:
             await self._store_cursor(self._unsaved)
 
-    async def _store_cursor(self, time_us: int) -> None:
+    async def _store_cursor(self, time_us: int, *, name: str = CURSOR_NAME) -> None:
         async with self.sessionmaker() as session:
             changed = await session.execute(
                 update(JetstreamCursor)
-                .where(JetstreamCursor.name == CURSOR_NAME)
+                .where(JetstreamCursor.name == name)
                 .values(time_us=time_us, updated_at=utcnow())
             )
             if not changed.rowcount:  # type: ignore[attr-defined]
-                session.add(JetstreamCursor(name=CURSOR_NAME, time_us=time_us))
+                session.add(JetstreamCursor(name=name, time_us=time_us))
             try:
                 await session.commit()
             except IntegrityError:
                 await session.rollback()  # another process sharing the database stored it first
-        self._unsaved = None
-        self._saved_at = time.monotonic()
+        if name == CURSOR_NAME:
+            self._unsaved = None
+            self._saved_at = time.monotonic()

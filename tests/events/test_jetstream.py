@@ -366,6 +366,32 @@ async def test_records_that_existed_before_the_first_start_are_read_from_the_pds
         await spindle.connected(event_knot.host)
 
 
+async def test_a_backfill_that_could_not_read_a_pds_is_done_again_at_the_next_start(
+    start: Launcher, jetstream: FakeJetstream, pds: FakePds, plc: FakePlc, event_knot: EventKnot
+):
+    hostname, repo_rkey = start.hostname, new_tid()
+    pds.put(OWNER_DID, MEMBER, new_tid(), {"subject": MEMBER_DID, "instance": hostname, "createdAt": CREATED})
+    pds.put(MEMBER_DID, REPO, repo_rkey, repo_record(event_knot.host, hostname))
+    member_document = plc.documents.pop(MEMBER_DID)  # the member's identity cannot be resolved
+
+    async with start() as spindle:
+
+        async def given_up() -> bool:
+            return spindle.ctx.jetstream.link.backfills == 1 and not spindle.ctx.jetstream._backfills
+
+        await eventually(given_up, what="the backfill to give up on the member")
+        assert await served(spindle) == []
+
+    plc.documents[MEMBER_DID] = member_document
+    async with start() as spindle:
+
+        async def found() -> list[Repo]:
+            return await served(spindle)
+
+        [repo] = await eventually(found, what="the member's repo, backfilled at the second start")
+        assert repo.rkey == repo_rkey
+
+
 async def test_a_restart_resumes_jetstream_from_its_cursor_without_missing_or_repeating(
     start: Launcher, jetstream: FakeJetstream, pds: FakePds, event_knot: EventKnot
 ):
