@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     # Tangled's records (spindle members, repos that pick this spindle, collaborators) are read
     # from this Jetstream; empty: not followed (only the operator's registry is served).
     jetstream_url: str = Field(
-        default="wss://jetstream2.us-east.bsky.network/subscribe", pattern=r"^(wss?://[^/?#\s]+(/[^?#\s]*)?)?$"
+        default="wss://jetstream2.us-east.bsky.network/subscribe",
+        pattern=r"^(wss?://[^/?#\s]+(/[^?#\s]*)?)?$",
     )
 
     @field_validator("hostname")
