@@ -46,5 +46,5 @@ class CollaboratorGrant(Base):
     did: Mapped[str] = mapped_column(String(2048))
     rkey: Mapped[str] = mapped_column(String(512))
     subject: Mapped[str] = mapped_column(String(2048))
-    repo_uri: Mapped[str] = mapped_column(String(3000))
+    repo_uri: Mapped[str] = mapped_column(String(3000))  # the repo's at-uri, or (2026) its own DID
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -10,8 +10,9 @@ Who counts (as Tangled's spindle decides it, `spindle/ingester.go`):
   repo (source "jetstream", keyed by its author and record key); another value, none, or the
   record's deletion stops serving it. A member removed stops serving every repo of theirs.
 - `sh.tangled.repo.collaborator` records count from the owner or a member, and only for a repo
-  of their own (the at-uri's DID is the record's author): `subject` may then trigger and cancel.
-  They are kept whether the repo is served yet or not.
+  of their own (the at-uri's DID, or for a repo named by its own DID as 2026 records do, the
+  repo record's author, is the record's author): `subject` may then trigger and cancel. They
+  are kept whether the repo is served yet or not.
 
 A deletion carries no record: what it removes is found by (did, collection, rkey). Every change
 is a put or a delete by that key, so an event seen twice (a replay after a resume) changes nothing.
@@ -23,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -174,9 +175,11 @@ async def _repo(session: AsyncSession, settings: Settings, change: RecordChange)
             return Applied(f"ignored: {knot} {change.did} {name} is already registered by the operator")
         return Applied(f"repo {change.did}/{name} on {knot} served (updated)")
     uri = f"at://{change.did}/{REPO}/{change.rkey}"
-    grants = await session.scalars(
-        select(CollaboratorGrant.subject).where(CollaboratorGrant.repo_uri == uri).distinct()
-    )
+    # Grants name the repo by its at-uri, or (2026) by its own DID, then only its owner's count.
+    named = CollaboratorGrant.repo_uri == uri
+    if repo_did is not None:
+        named = or_(named, and_(CollaboratorGrant.repo_uri == repo_did, CollaboratorGrant.did == change.did))
+    grants = await session.scalars(select(CollaboratorGrant.subject).where(named).distinct())
     registered = await repos_service.find(session=session, knot=knot, did=change.did, name=name)
     if registered is not None:
         # The operator's registration stays the operator's; it learns its record key and rights.
@@ -210,40 +213,55 @@ async def _collaborator(session: AsyncSession, settings: Settings, change: Recor
     )
     if existing is not None:
         # An update may name another subject or repo: the old grant goes first.
-        old_uri, old_subject = existing.repo_uri, existing.subject
+        old_ref, old_subject = existing.repo_uri, existing.subject
         await session.delete(existing)
         await session.flush()
-        await _revoke(session, old_uri, old_subject)
+        await _revoke(session, change.did, old_ref, old_subject)
     if change.operation == "delete":
         return Applied("collaborator removed" if existing is not None else "ignored: an unknown collaborator")
     record = change.record or {}
     subject, repo = record.get("subject"), record.get("repo")
-    uri = repos_service.parse_repo_uri(repo) if isinstance(repo, str) else None
-    if not isinstance(subject, str) or not _is_did(subject) or uri is None:
-        # Records naming the repo by its DID (2026) are not handled: we would need its record.
-        return Applied("ignored: a collaborator record without a subject DID and a repo at-uri")
-    if uri.did != change.did:
+    if not isinstance(subject, str) or not _is_did(subject) or not isinstance(repo, str):
+        return Applied("ignored: a collaborator record without a subject DID and a repo")
+    uri = repos_service.parse_repo_uri(repo)
+    if uri is not None and uri.did != change.did:
         return Applied(f"ignored: {change.did} granted rights on a repo of {uri.did}")
+    if uri is None and not _is_did(repo):
+        return Applied("ignored: a collaborator record whose repo is neither an at-uri nor a DID")
     if not await is_member(session=session, settings=settings, did=change.did):
         return Applied(f"ignored: {change.did} is neither the owner nor a member of this spindle")
-    session.add(CollaboratorGrant(did=change.did, rkey=change.rkey, subject=subject, repo_uri=str(uri)))
-    served = await repos_service.find_by_uri(session=session, uri=uri)
+    ref = str(uri) if uri is not None else repo
+    session.add(CollaboratorGrant(did=change.did, rkey=change.rkey, subject=subject, repo_uri=ref))
+    served = await _served(session, change.did, ref)
     if served is not None:
         served.collaborators = sorted(set(served.collaborators or ()) | {subject})
-        return Applied(f"collaborator {subject} of {uri} added")
-    return Applied(f"collaborator {subject} of {uri} kept for when the repo is served")
+        return Applied(f"collaborator {subject} of {ref} added")
+    return Applied(f"collaborator {subject} of {ref} kept for when the repo is served")
 
 
-async def _revoke(session: AsyncSession, repo_uri: str, subject: str) -> None:
+async def _served(session: AsyncSession, author: str, ref: str) -> Repo | None:
+    """The served repo a grant names: by at-uri, or by the repo's own DID when `author` owns it."""
+    uri = repos_service.parse_repo_uri(ref)
+    if uri is not None:
+        return await repos_service.find_by_uri(session=session, uri=uri)
+    return await session.scalar(
+        select(Repo).where(Repo.repo_did == ref, Repo.did == author).order_by(Repo.id).limit(1)
+    )
+
+
+async def _revoke(session: AsyncSession, author: str, ref: str, subject: str) -> None:
     """Take `subject` off the repo's collaborators unless another grant still names them."""
     still = await session.scalar(
         select(CollaboratorGrant.id)
-        .where(CollaboratorGrant.repo_uri == repo_uri, CollaboratorGrant.subject == subject)
+        .where(
+            CollaboratorGrant.repo_uri == ref,
+            CollaboratorGrant.subject == subject,
+            CollaboratorGrant.did == author,  # only the repo owner's grants count
+        )
         .limit(1)
     )
-    uri = repos_service.parse_repo_uri(repo_uri)
-    if still is not None or uri is None:
+    if still is not None:
         return
-    served = await repos_service.find_by_uri(session=session, uri=uri)
+    served = await _served(session, author, ref)
     if served is not None and subject in (served.collaborators or ()):
         served.collaborators = sorted(set(served.collaborators) - {subject})

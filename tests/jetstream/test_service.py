@@ -193,3 +193,27 @@ def test_asks_jetstream_for_tangleds_collections_and_resumes_at_the_cursor():
         "&wantedCollections=sh.tangled.repo&wantedCollections=sh.tangled.repo.collaborator"
         "&wantedCollections=sh.tangled.repo.pull&cursor=123"
     )
+
+
+async def test_a_collaborator_record_may_name_the_repo_by_its_own_did_before_or_after_it_is_served(
+    sessions, settings
+):
+    repo_did = "did:plc:repoaaaaaaaaaaaaaaaaaaaa"
+    grant = {"subject": COLLAB, "repo": repo_did}
+    await apply(sessions, settings, OWNER, COLLABORATOR, "3lbcollab0001", grant)
+    await apply(sessions, settings, OWNER, MEMBER, "3lbmember0001", {"subject": MEMBER_DID, "instance": HOST})
+    # A member's record naming the owner's repo by its DID grants nothing: it is not theirs.
+    await apply(
+        sessions, settings, MEMBER_DID, COLLABORATOR, "3lbcollab0002", {"subject": MEMBER_DID, **grant}
+    )
+
+    await apply(sessions, settings, OWNER, REPO, REPO_RKEY, repo_record(repoDid=repo_did))
+    [repo] = await repos(sessions)
+    assert (repo.repo_did, repo.collaborators) == (repo_did, [COLLAB])
+
+    await apply(sessions, settings, OWNER, COLLABORATOR, "3lbcollab0001", None, "delete")
+    await apply(
+        sessions, settings, OWNER, COLLABORATOR, "3lbcollab0003", {"subject": MEMBER_DID, "repo": repo_did}
+    )
+    [repo] = await repos(sessions)
+    assert repo.collaborators == [MEMBER_DID]
