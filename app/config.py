@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     actions_offline: bool = False
     # The cache's bound; least recently used actions are removed past it.
     actions_cache_mb: int = Field(default=2048, ge=1)
+    # Tangled's records (spindle members, repos that pick this spindle, collaborators) are read
+    # from this Jetstream; empty: not followed (only the operator's registry is served).
+    jetstream_url: str = Field(
+        default="wss://jetstream2.us-east.bsky.network/subscribe",
+        pattern=r"^(wss?://[^/?#\s]+(/[^?#\s]*)?)?$",
+    )
 
     # The key that encrypts stored secret values (docs/secrets.md): 32 random bytes in base64,
     # standard or URL-safe alphabet. Unset: <data_dir>/secrets.key, created (mode 0600) on first use.

@@ -3,7 +3,8 @@ by routes, and stopped in reverse order when it ends.
 
     AppContext(settings)   builds them, connecting nothing yet
     await ctx.start()      checks the secrets key against the stored secrets, then starts the
-                           pipeline writer, the scheduler, the knot event consumer, retention
+                           pipeline writer, the scheduler, the knot event consumer, Jetstream,
+                           retention
     await ctx.close()      stops those, then closes clients and the database engine
 """
 
@@ -19,7 +20,9 @@ from app.config import Settings
 from app.database import create_engine, create_sessionmaker, is_sqlite
 from app.engine import masking
 from app.engine.queue import Scheduler
+from app.identity.pds import PdsRecordReader
 from app.identity.resolver import DidResolver
+from app.jetstream.consumer import JetstreamConsumer
 from app.knot.client import KnotClient
 from app.knot.events import KnotEventConsumer
 from app.metrics import Metrics
@@ -75,6 +78,13 @@ class AppContext:
             settings=settings, sessionmaker=self.sessionmaker, knot=self.knot, flows=self.flows
         )
         self.retention = RetentionSweeper(settings=settings, engine=self.engine, metrics=self.metrics)
+        self.jetstream = JetstreamConsumer(
+            settings=settings,
+            sessionmaker=self.sessionmaker,
+            records=PdsRecordReader(http=self.http, resolver=self.resolver, dev=settings.dev),
+            flows=self.flows,
+            metrics=self.metrics,
+        )
         self.extras: dict[str, Any] = {}
 
     async def start(self) -> None:
@@ -86,10 +96,12 @@ class AppContext:
         await self.writer.start()
         await self.scheduler.start()
         await self.consumer.start()
+        await self.jetstream.start()
         await self.retention.start()
 
     async def close(self) -> None:
         await self.retention.stop()
+        await self.jetstream.stop()
         await self.consumer.stop()
         await self.writer.stop()
         await self.registrations.close()

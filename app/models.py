@@ -2,6 +2,7 @@
 
 from app.auth.models import ServiceAuthJti
 from app.database import Base
+from app.jetstream.models import CollaboratorGrant, JetstreamCursor, SpindleMember
 from app.knot.models import KnotCursor
 from app.repos.models import Repo
 from app.runs.models import LogLine, Pipeline, StatusEvent, WorkflowRun
@@ -10,7 +11,10 @@ from app.secrets.models import RepoSecret
 __all__ = [
     "Base",
     "ServiceAuthJti",
+    "CollaboratorGrant",
+    "JetstreamCursor",
     "KnotCursor",
+    "SpindleMember",
     "LogLine",
     "Pipeline",
     "Repo",

@@ -70,6 +70,7 @@ def make_settings(tmp_path: Path, plc: FakePlc, request: pytest.FixtureRequest) 
             "owner": OWNER_DID,
             "plc_url": plc.url,  # type: ignore[attr-defined]
             "dev": True,
+            "jetstream_url": "",  # never the public Jetstream; tests that follow one start their own
             "data_dir": tmp_path / "data",
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'spindle.db'}",
         }

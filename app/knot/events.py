@@ -5,8 +5,9 @@
                    (`spindle repo add` / `repo remove` in another process start and stop them)
       per knot     ws(s)://<knot>/events?cursor=<stored - margin>; frames handled in order, one at
                    a time; reconnect with jittered exponential backoff, forever
-      handle_frame {"rkey", "nsid", "event"}: `sh.tangled.pipeline` only → checks →
-                   app.runs.flows.knot_pipeline
+      handle_frame {"rkey", "nsid", "event"}: `sh.tangled.pipeline` → checks →
+                   app.runs.flows.knot_pipeline (older knots); `sh.tangled.git.refUpdate` of a
+                   served repo → app.runs.flows.knot_push (current knots: the spindle decides)
 
 A knot replays the events whose `created` (its clock, unix ns) is after `?cursor=`, then sends live
 ones; frames carry no `created`, so the cursor is our estimate of it, stored after each frame is
@@ -54,6 +55,10 @@ from app.xrpc.lexicon import FORMATS
 log = logging.getLogger(__name__)
 
 PIPELINE_NSID = "sh.tangled.pipeline"
+REF_UPDATE_NSID = "sh.tangled.git.refUpdate"
+ZERO_SHA = "0" * 40
+SKIP_CI_OPTIONS = frozenset({"ci-skip", "skip-ci"})  # `git push -o ci-skip`, as Tangled's spindle reads it
+MAX_CHANGED_FILES = 10_000
 # Our clock and the knot's differ: a resume starts this far before the stored cursor.
 CURSOR_SAFETY_NS = 60 * 1_000_000_000
 MAX_FRAME_BYTES = 1 << 20  # a bigger event is refused (logged and skipped)
@@ -146,6 +151,22 @@ class PipelineWorkflow(_Lenient):
 class PipelineRecord(_Lenient):
     trigger_metadata: TriggerMetadata = Field(alias="triggerMetadata")
     workflows: list[PipelineWorkflow] = Field(default_factory=list, max_length=100)
+
+
+class RefUpdateRecord(_Lenient):
+    """`sh.tangled.git.refUpdate` in both shapes: Dec 2025 knots name the owner's DID (`repoDid`)
+    and `repoName`; 2026 knots name the repo's own DID (`repo`), `ownerDid`, `changedFiles`."""
+
+    ref: str = Field(max_length=2560)
+    old_sha: str = Field(alias="oldSha", max_length=64)
+    new_sha: str = Field(alias="newSha", max_length=64)
+    committer_did: str | None = Field(default=None, alias="committerDid", max_length=2048)
+    owner_did: str | None = Field(default=None, alias="repoDid", max_length=2048)
+    repo_name: str | None = Field(default=None, alias="repoName", max_length=300)
+    repo: str | None = Field(default=None, max_length=2048)
+    owner: str | None = Field(default=None, alias="ownerDid", max_length=2048)
+    changed_files: list[str] | None = Field(default=None, alias="changedFiles", max_length=MAX_CHANGED_FILES)
+    push_options: list[str] = Field(default_factory=list, alias="pushOptions", max_length=50)
 
 
 class SkipEvent(Exception):
@@ -388,6 +409,14 @@ class KnotEventConsumer:
             log.warning("knot %s: skipped a frame without a valid rkey", knot)
             return "skipped"
         mark = cursor_mark(rkey, received_ns)
+        if message.get("nsid") == REF_UPDATE_NSID:
+            try:
+                outcome = await self._ref_update(knot, rkey, message.get("event"))
+            except SkipEvent as exc:
+                log.warning("knot %s: skipped ref update %s: %s", knot, rkey, exc)
+                outcome = "skipped"
+            await self._store_cursor(knot, mark)
+            return outcome
         if message.get("nsid") != PIPELINE_NSID:
             # Other records (pushes, repo changes) need no durable progress of their own: saving
             # it at most once a second keeps a busy knot from costing one commit per frame.
@@ -437,6 +466,76 @@ class KnotEventConsumer:
         if result.created:
             return "recorded"
         return "redelivered" if result.pipeline is not None else "skipped"
+
+    async def _ref_update(self, knot: str, rkey: str, event: Any) -> Outcome:
+        try:
+            record = RefUpdateRecord.model_validate(event)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "event"
+            raise SkipEvent(f"not an sh.tangled.git.refUpdate record: {where}: {first['msg']}") from None
+        async with self.sessionmaker() as session:
+            registered = await repo_service.find_pushed(
+                session=session,
+                knot=knot,
+                owner_did=record.owner_did,
+                name=record.repo_name,
+                repo_did=record.repo,
+            )
+        if registered is None:
+            return "ignored"
+        if record.new_sha == ZERO_SHA:
+            log.info(
+                "knot %s: %s of %s/%s was deleted: nothing runs",
+                knot,
+                record.ref,
+                registered.did,
+                registered.name,
+            )
+            return "ignored"
+        if not COMMIT_RE.match(record.new_sha) or not COMMIT_RE.match(record.old_sha):
+            raise SkipEvent(f"a ref update without full commit ids ({record.old_sha!r} → {record.new_sha!r})")
+        if SKIP_CI_OPTIONS & set(record.push_options):
+            log.info("knot %s: push %s asked to skip CI", knot, rkey)
+            return "ignored"
+        repo_meta: dict[str, Any] = {"knot": knot, "did": registered.did, "repo": registered.name}
+        if registered.repo_did:
+            repo_meta["repoDid"] = registered.repo_did
+        push = run_flows.PushedRef(
+            knot=knot,
+            rkey=rkey,
+            repo_did=registered.did,
+            repo_name=registered.name,
+            ref=record.ref,
+            old_sha=record.old_sha.lower(),
+            new_sha=record.new_sha.lower(),
+            changed_paths=tuple(record.changed_files) if record.changed_files is not None else None,
+            trigger={
+                "kind": "push",
+                "repo": repo_meta,
+                "push": {
+                    "ref": record.ref,
+                    "newSha": record.new_sha.lower(),
+                    "oldSha": record.old_sha.lower(),
+                },
+            },
+        )
+        attempt = 1
+        while True:
+            try:
+                result = await self.flows.knot_push(push)
+                break
+            except InvalidRequest as exc:
+                raise SkipEvent(exc.message) from None
+            except UpstreamFailure as exc:
+                if attempt == UPSTREAM_ATTEMPTS:
+                    raise SkipEvent(f"the knot failed {attempt} times: {exc.message}") from None
+                log.warning("knot %s push %s: %s; trying again", knot, rkey, exc.message)
+                await asyncio.sleep(self.backoff_start * 2**attempt)
+                attempt += 1
+        if result.created:
+            return "recorded"
+        return "redelivered" if result.pipeline is not None else "ignored"
 
     async def _load_cursor(self, knot: str) -> int | None:
         async with self.sessionmaker() as session:

@@ -27,6 +27,9 @@ class Repo(Base):
     rkey: Mapped[str | None] = mapped_column(String(512))
     # How it came to be served: "cli" (the operator's registry) or "jetstream" (Tangled's records).
     source: Mapped[str] = mapped_column(String(16), default="cli", server_default="cli")
+    # The repo's own DID (2026 `sh.tangled.repo` records carry it as `repoDid`): current knots name
+    # the repo by it alone in `sh.tangled.git.refUpdate`.
+    repo_did: Mapped[str | None] = mapped_column(String(2048), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     def may_trigger(self, actor: str, spindle_owner: str | None) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -77,6 +77,25 @@ async def remove(*, session: AsyncSession, knot: str, did: str, name: str) -> bo
 async def find(*, session: AsyncSession, knot: str, did: str, name: str) -> Repo | None:
     """The registration for exactly (knot, did, name), if any."""
     return await session.scalar(select(Repo).where(Repo.knot == knot, Repo.did == did, Repo.name == name))
+
+
+async def find_pushed(
+    *, session: AsyncSession, knot: str, owner_did: str | None, name: str | None, repo_did: str | None
+) -> Repo | None:
+    """The served repo a knot's ref update names: by (knot, owner DID, name) from older knots, or
+    by the repo's own DID (registered as the repo's `repo_did`, or as its DID) from current ones."""
+    if owner_did and name:
+        found = await find(session=session, knot=knot, did=owner_did, name=name)
+        if found is not None:
+            return found
+    if repo_did:
+        return await session.scalar(
+            select(Repo)
+            .where(Repo.knot == knot, or_(Repo.repo_did == repo_did, Repo.did == repo_did))
+            .order_by(Repo.id)
+            .limit(1)
+        )
+    return None
 
 
 async def knots(*, session: AsyncSession) -> list[str]:

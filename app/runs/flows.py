@@ -2,7 +2,10 @@
 
     trigger()         the manual XRPC trigger (com.publicdomainrelay.temp.tangled.spindle.trigger)
     knot_pipeline()   a knot's `sh.tangled.pipeline` event (app.knot.events reads the stream)
-    (next: a knot's `sh.tangled.git.refUpdate` push, Tangled's `sh.tangled.ci.triggerPipeline`)
+    knot_push()       a knot's `sh.tangled.git.refUpdate` (current knots): the workflows at the
+                      pushed commit whose `on: push` filters match, as GitHub matches them
+    pull_request()    a `sh.tangled.repo.pull` record (app.jetstream.pulls): the workflows at the
+                      source commit whose `on: pull_request` filters match the target branch
 
 Each flow checks what its way of starting requires, plans the runs (service.plan_runs) and hands
 the pipeline to RunStarter.start: recorded exactly once (writer.py), its `pending` runs announced
@@ -21,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,7 +41,8 @@ from app.runs.schemas import TriggerInput
 from app.runs.status import announce_pipeline
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun, StoredPipeline
 from app.streams.broker import Broker
-from app.workflows.workflow import WORKFLOW_SUFFIXES, WorkflowFile, workflow_stem
+from app.workflows.triggers import Triggers
+from app.workflows.workflow import WORKFLOW_SUFFIXES, WorkflowFile, parse_workflow, workflow_stem
 from app.xrpc.errors import Forbidden, InvalidRequest
 
 if TYPE_CHECKING:
@@ -62,6 +66,36 @@ class DispatchedPipeline:
     other_dids: tuple[str, ...] = ()  # the repo's own DID, when the event names it besides the owner's
     inputs: dict[str, str] = field(default_factory=dict)
     trigger: dict[str, Any] = field(default_factory=dict)  # triggerMetadata, for the github context
+
+
+@dataclass(frozen=True)
+class PushedRef:
+    """A knot's `sh.tangled.git.refUpdate`, already matched to a served repo."""
+
+    knot: str
+    rkey: str  # the event's record key: the pipeline's key on that knot
+    repo_did: str  # the registration's DID and name
+    repo_name: str
+    ref: str
+    old_sha: str
+    new_sha: str
+    # The files the push changed, when the knot says (2026 knots send `changedFiles`); None:
+    # unknown, and `paths` / `paths-ignore` filters then let the push through.
+    changed_paths: tuple[str, ...] | None
+    trigger: dict[str, Any] = field(default_factory=dict)  # triggerMetadata, for the github context
+
+
+@dataclass(frozen=True)
+class PulledRequest:
+    """A pull request of a served repo (a `sh.tangled.repo.pull` record on Jetstream)."""
+
+    knot: str
+    rkey: str  # the pipeline's key on that knot: one per (pull record, source commit)
+    repo_did: str
+    repo_name: str
+    sha: str  # the source branch's commit
+    target_branch: str
+    trigger: dict[str, Any] = field(default_factory=dict)  # triggerMetadata, kind "pull_request"
 
 
 @dataclass
@@ -285,6 +319,82 @@ class RunFlows:
             pipeline=recorded,
             runs=[run.name for run in runs],
             skipped=skipped,
+        )
+
+    async def knot_push(self, push: PushedRef) -> Dispatched:
+        """Start the workflows whose `on: push` matches a pushed ref, once per event."""
+        return await self._matching(
+            push,
+            sha=push.new_sha,
+            kind="push",
+            what=f"push of {push.ref}",
+            matches=lambda on: on.matches_push(ref=push.ref, changed_paths=push.changed_paths),
+        )
+
+    async def pull_request(self, pull: PulledRequest) -> Dispatched:
+        """Start the workflows whose `on: pull_request` matches a pull request's target branch."""
+        return await self._matching(
+            pull,
+            sha=pull.sha,
+            kind="pull_request",
+            what=f"pull request into {pull.target_branch}",
+            matches=lambda on: on.matches_pull_request(base_ref=pull.target_branch),
+        )
+
+    async def _matching(
+        self,
+        event: PushedRef | PulledRequest,
+        *,
+        sha: str,
+        kind: str,
+        what: str,
+        matches: Callable[[Triggers], bool],
+    ) -> Dispatched:
+        """Read the workflows at `sha`, start those `matches` accepts, once per (knot, rkey)."""
+        async with self.sessionmaker() as session:
+            existing = await service.find_pipeline(session=session, knot=event.knot, rkey=event.rkey)
+        if existing is not None:
+            return Dispatched(created=False, pipeline=existing)
+        where = f"knot {event.knot} {event.rkey}: {what} of {event.repo_did}/{event.repo_name} at {sha}"
+        try:
+            files = await self.knot.workflow_files(
+                knot=event.knot, repo_did=event.repo_did, repo_name=event.repo_name, sha=sha
+            )
+        except InvalidRequest as exc:
+            log.info("%s: nothing to run: %s", where, exc.message)
+            return Dispatched(created=False, pipeline=None)
+        runs: list[PlannedRun] = []
+        skipped: list[str] = []
+        for file in files:
+            try:
+                if not matches(parse_workflow(file.path, file.source).on):
+                    skipped.append(file.filename)
+                    continue
+                runs.extend(service.plan_runs(files=[file], inputs={}))
+            except InvalidRequest as exc:
+                # One unreadable workflow does not stop the others, as on GitHub.
+                skipped.append(file.filename)
+                log.warning("%s: skipped %s: %s", where, file.path, exc.message)
+        if not runs:
+            log.info("%s: no workflow's `on:` matches", where)
+            return Dispatched(created=False, pipeline=None, skipped=skipped)
+        canonical = json.dumps(
+            [kind, event.knot, event.rkey, event.repo_did, event.repo_name, sha, event.trigger]
+        )
+        recorded = await self.starter.start(
+            event,
+            rkey=event.rkey,
+            sha=sha,
+            actor=None,
+            kind=kind,
+            trigger=event.trigger,
+            digest=hashlib.sha256(canonical.encode()).hexdigest(),
+            runs=runs,
+        )
+        if recorded.created:
+            log.info("%s runs %s", where, ", ".join(run.name for run in runs))
+        return Dispatched(
+            created=recorded.created, pipeline=recorded, runs=[run.name for run in runs], skipped=skipped
         )
 
 

@@ -97,6 +97,7 @@ def hostile_settings(plc: FakePlc, tmp: Path, port: int, **overrides: Any) -> Se
         "data_dir": tmp / "data",
         "database_url": f"sqlite+aiosqlite:///{tmp / 'spindle.db'}",
         "knot_timeout": 5.0,
+        "jetstream_url": "",  # never the public Jetstream
         # Nothing refused here ever runs: no engine at all (a run that slipped through would fail).
         "docker_host": f"unix://{tmp}/no-engine.sock",
     }

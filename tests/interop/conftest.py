@@ -58,6 +58,7 @@ def spindle_settings(tmp_path: Path, reference_pds: ReferencePds, spindle_databa
         owner=OWNER_DID,
         database_url=spindle_database_url,
         data_dir=tmp_path / "data",
+        jetstream_url="",  # never the public Jetstream
     )
 
 

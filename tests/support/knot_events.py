@@ -355,3 +355,36 @@ class BlackHoleKnot:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+# -- sh.tangled.git.refUpdate events (current knots: the spindle decides what runs) ---------------
+
+
+def ref_update_event(
+    repo: GitRepo,
+    new_sha: str,
+    *,
+    ref: str = "refs/heads/main",
+    old_sha: str = ZERO_SHA,
+    committer: str | None = None,
+    changed_files: list[str] | None = None,
+    repo_did: str | None = None,
+) -> dict[str, Any]:
+    """The record a knot emits for a pushed ref: the Dec 2025 shape (`repoDid` is the owner's DID,
+    `repoName`), or with `repo_did` the 2026 one (`repo` is the repo's own DID, `ownerDid`, and
+    `changedFiles` when given)."""
+    event: dict[str, Any] = {
+        "$type": REF_UPDATE,
+        "ref": ref,
+        "committerDid": committer or repo.did,
+        "oldSha": old_sha,
+        "newSha": new_sha,
+        "meta": {"isDefaultRef": ref == "refs/heads/main", "commitCount": {"byEmail": []}},
+    }
+    if repo_did is None:
+        event.update({"repoDid": repo.did, "repoName": repo.name})
+    else:
+        event.update({"repo": repo_did, "ownerDid": repo.did})
+    if changed_files is not None:
+        event["changedFiles"] = changed_files
+    return event

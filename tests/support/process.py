@@ -30,7 +30,8 @@ class SpindleProcess:
     def __init__(self, *, env: Mapping[str, str], port: int, log: Path) -> None:
         # Only the test's settings: none leak in from the developer's shell.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("SPINDLE_")}
-        self.env = {**inherited, **env, "SPINDLE_LISTEN": f"127.0.0.1:{port}"}
+        # Tests never reach the public Jetstream: a test that wants one names its own.
+        self.env = {**inherited, "SPINDLE_JETSTREAM_URL": "", **env, "SPINDLE_LISTEN": f"127.0.0.1:{port}"}
         self.port = port
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None

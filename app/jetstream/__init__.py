@@ -1,0 +1,1 @@
+"""Self-service from Tangled's records on Jetstream: spindle members, repos, collaborators."""
