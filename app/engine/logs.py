@@ -9,6 +9,11 @@ commands included; past that a control line says the log was truncated and furth
 counted but dropped. Step start/end lines are still kept, without their command, so that the log
 keeps its shape, but only within a small reserve (CONTROL_RESERVE_BYTES): a run of endless empty
 steps cannot grow the log past its cap either.
+
+Every line has a `step_kind`, as Tangled's spindle gives its steps one: `user` for the steps the
+workflow wrote (a step boundary is `user` unless said otherwise), `system` for what the spindle
+adds (its notices, the truncation note). A data line takes the kind of its step; a line outside
+any step is `system`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ MAX_LINE_CHARS = 16 * 1024
 TRUNCATED_SUFFIX = " … [line truncated]"
 CONTROL_RESERVE_BYTES = 1024 * 1024
 
+SYSTEM = "system"
+USER = "user"
+STEP_KINDS = (SYSTEM, USER)
+
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
@@ -53,6 +62,7 @@ def line_payload(row: dict[str, Any]) -> dict[str, Any]:
         "stream": row["stream"],
         "step_status": row["step_status"],
         "step_command": row["step_command"],
+        "step_kind": row["step_kind"],
     }
 
 
@@ -71,6 +81,8 @@ class LogSink:
     dropped: int = field(default=0, init=False)
     truncated: bool = field(default=False, init=False)
     _buffer: list[dict[str, Any]] = field(default_factory=list, init=False)
+    # The kind of each step seen so far (from its boundary lines): what its data lines carry.
+    _step_kinds: dict[int, str] = field(default_factory=dict, init=False)
     # Set when BATCH_LINES are buffered: the flusher writes them without waiting FLUSH_INTERVAL.
     _flusher: BackgroundLoop = field(default_factory=BackgroundLoop, init=False)
 
@@ -82,8 +94,8 @@ class LogSink:
         await self._flusher.stop()
         await self.flush()
 
-    def data(self, content: str, *, stream: str, step_id: int | None) -> None:
-        """One line a process wrote (stream is stdout or stderr)."""
+    def data(self, content: str, *, stream: str, step_id: int | None, step_kind: str | None = None) -> None:
+        """One line a process wrote (stream is stdout or stderr); its kind is its step's unless given."""
         if self.truncated:
             self.dropped += 1
             return
@@ -96,7 +108,9 @@ class LogSink:
             return
         self.lines += 1
         self.bytes += size
-        self._add("data", content, stream=stream, step_id=step_id)
+        if step_kind is None:
+            step_kind = self._step_kinds.get(step_id, SYSTEM) if step_id is not None else SYSTEM
+        self._add("data", content, stream=stream, step_id=step_id, step_kind=step_kind)
 
     def notice(self, content: str, *, step_id: int | None = None) -> None:
         """A line from the spindle itself about the run (what it skipped, ignored, or why it failed)."""
@@ -109,8 +123,13 @@ class LogSink:
         step_id: int | None,
         step_status: str | None = None,
         step_command: str | None = None,
+        step_kind: str = USER,
     ) -> None:
         """A step boundary (step_status start|end) or a note about the log itself."""
+        if step_kind not in STEP_KINDS:
+            raise ValueError(f"step_kind must be one of {STEP_KINDS}, not {step_kind!r}")
+        if step_id is not None and step_status is not None:
+            self._step_kinds[step_id] = step_kind
         if len(content) > self.max_line_chars:
             content = content[: self.max_line_chars] + TRUNCATED_SUFFIX
         if step_command is not None and len(step_command) > self.max_line_chars:
@@ -129,7 +148,14 @@ class LogSink:
             step_command = None
         self.lines += 1
         self.bytes += size
-        self._add("control", content, step_id=step_id, step_status=step_status, step_command=step_command)
+        self._add(
+            "control",
+            content,
+            step_id=step_id,
+            step_status=step_status,
+            step_command=step_command,
+            step_kind=step_kind,
+        )
 
     def _truncate(self, step_id: int | None) -> None:
         self.truncated = True
@@ -137,6 +163,7 @@ class LogSink:
             f"log truncated: this run wrote more than {self.max_lines} lines or "
             f"{self.max_bytes // (1024 * 1024)} MB; further output is not kept",
             step_id=step_id,
+            step_kind=SYSTEM,
         )
 
     def _add(
@@ -148,6 +175,7 @@ class LogSink:
         stream: str | None = None,
         step_status: str | None = None,
         step_command: str | None = None,
+        step_kind: str,
     ) -> None:
         self._buffer.append(
             {
@@ -158,6 +186,7 @@ class LogSink:
                 "step_id": step_id,
                 "step_status": step_status,
                 "step_command": step_command,
+                "step_kind": step_kind,
                 "time": utcnow(),
             }
         )

@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.database import Base, utcnow
+from app.runs.tid import new_tid
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -52,9 +53,13 @@ class Pipeline(Base):
     """One trigger (manual or a knot event): unique per (knot, rkey)."""
 
     __tablename__ = "pipeline"
-    __table_args__ = (UniqueConstraint("knot", "rkey"),)
+    __table_args__ = (UniqueConstraint("knot", "rkey"), Index("ix_pipeline_tid", "tid", unique=True))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # The id Tangled's CI API (sh.tangled.ci.*) knows the pipeline by: a TID, unique on this
+    # spindle, where (knot, rkey) is only unique per knot and an rkey of our trigger may be any key.
+    # NULL only for rows written before migration 0004 by a process that did not know the column.
+    tid: Mapped[str | None] = mapped_column(String(16), default=new_tid)
     knot: Mapped[str] = mapped_column(String(300))
     rkey: Mapped[str] = mapped_column(String(512))
     repo_did: Mapped[str] = mapped_column(String(2048))
@@ -140,4 +145,7 @@ class LogLine(Base):
     step_id: Mapped[int | None] = mapped_column(Integer)
     step_status: Mapped[str | None] = mapped_column(String(16))  # start | end
     step_command: Mapped[str | None] = mapped_column(Text)
+    # system | user: whether the line belongs to a step the spindle added or one the workflow wrote
+    # (Tangled's StepKind); NULL on lines stored before migration 0004 (see streams.service).
+    step_kind: Mapped[str | None] = mapped_column(String(8))
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -79,6 +79,7 @@ async def test_an_overlong_line_is_cut_and_marked(harness: Harness) -> None:
             "stream": "stderr",
             "step_status": None,
             "step_command": None,
+            "step_kind": "system",
         }
     ]
 
