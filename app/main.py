@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from app.ci import router as ci_router
 from app.config import Settings
 from app.context import AppContext
 from app.deps import CtxDep
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(identity_router.router)
     app.include_router(runs_cancel.router)
     app.include_router(streams_router.router)
+    app.include_router(ci_router.router)
 
     @app.get("/healthz")
     async def healthz(ctx: CtxDep) -> dict[str, str]:
