@@ -178,7 +178,7 @@ async def query_pipelines(*, session: AsyncSession, q: QueryInput) -> dict[str, 
     if q.commits:
         conditions.append(Pipeline.sha.in_(q.commits))
         # "At most one pipeline per commit": the newest of each.
-        newest = select(func.max(Pipeline.id)).where(*conditions).group_by(Pipeline.sha)
+        newest = select(func.max(Pipeline.id)).where(*conditions).group_by(Pipeline.sha).correlate(None)
         conditions.append(Pipeline.id.in_(newest))
     total = await session.scalar(select(func.count()).select_from(Pipeline).where(*conditions))
     page = select(Pipeline).where(*conditions)
