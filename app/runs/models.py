@@ -53,7 +53,12 @@ class Pipeline(Base):
     """One trigger (manual or a knot event): unique per (knot, rkey)."""
 
     __tablename__ = "pipeline"
-    __table_args__ = (UniqueConstraint("knot", "rkey"), Index("ix_pipeline_tid", "tid", unique=True))
+    __table_args__ = (
+        UniqueConstraint("knot", "rkey"),
+        Index("ix_pipeline_tid", "tid", unique=True),
+        # (repo, id): Tangled's queryPipelines pages through one repo's pipelines, newest first.
+        Index("ix_pipeline_repo_did_id", "repo_did", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # The id Tangled's CI API (sh.tangled.ci.*) knows the pipeline by: a TID, unique on this

@@ -6,8 +6,9 @@ Create Date: 2026-12-05 02:50:00
 
 `pipeline.tid`: the id `sh.tangled.ci.*` knows a pipeline by (a TID, unique on the spindle).
 Existing pipelines get one made from their creation time and row id, so ids are stable and
-ordered like the pipelines. `log_line.step_kind`: `system` or `user` (Tangled's StepKind);
-lines stored before stay NULL and are read as described in app/streams/service.py.
+ordered like the pipelines; `(repo_did, id)` is indexed for queryPipelines.
+`log_line.step_kind`: `system` or `user` (Tangled's StepKind); lines stored before stay NULL and
+are read as described in app/streams/service.py.
 """
 
 from collections.abc import Sequence
@@ -45,7 +46,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("step_kind", sa.String(length=8), nullable=True))
 
     conn = op.get_bind()
-    pipeline = sa.table("pipeline", sa.column("id", sa.BigInteger()), sa.column("created_at"), sa.column("tid"))
+    pipeline = sa.table(
+        "pipeline", sa.column("id", sa.BigInteger()), sa.column("created_at"), sa.column("tid")
+    )
     rows = conn.execute(sa.select(pipeline.c.id, pipeline.c.created_at).order_by(pipeline.c.id)).all()
     taken: set[str] = set()
     for row_id, created_at in rows:
@@ -60,10 +63,12 @@ def upgrade() -> None:
 
     with op.batch_alter_table("pipeline", schema=None) as batch_op:
         batch_op.create_index("ix_pipeline_tid", ["tid"], unique=True)
+        batch_op.create_index("ix_pipeline_repo_did_id", ["repo_did", "id"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("pipeline", schema=None) as batch_op:
+        batch_op.drop_index("ix_pipeline_repo_did_id")
         batch_op.drop_index("ix_pipeline_tid")
         batch_op.drop_column("tid")
     with op.batch_alter_table("log_line", schema=None) as batch_op:
