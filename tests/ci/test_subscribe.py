@@ -63,7 +63,7 @@ async def test_streams_a_live_run_to_its_end(served: Served, alice: Identity):
     data = [body for kind, body in messages if kind == "data"]
     assert {body["workflow"] for _, body in messages} == {"live"}
     starts = [c for c in controls if c.get("status") == "start"]
-    assert [c["content"] for c in starts] == ["say hello", "echo second step"]
+    assert [c["content"] for c in starts] == ["say hello", "Run echo second step"]
     assert all(c["kind"] == "user" for c in starts)
     assert [c.get("status") for c in controls if c["content"] == "say hello"] == ["start", "end"]
     first_step = starts[0]["step"]
