@@ -103,7 +103,7 @@ async def test_a_step_printing_a_huge_line_without_newline_does_not_break_the_ru
 
 async def test_every_line_says_whether_its_step_is_the_workflows_or_the_spindles(harness: Harness) -> None:
     run_id = await harness.add_run("on: push\njobs: {a: {steps: [{run: echo}]}}\n", status=Status.RUNNING)
-    sink = LogSink(run_id=run_id, sessionmaker=harness.sessionmaker, broker=harness.broker, max_lines=6)
+    sink = LogSink(run_id=run_id, sessionmaker=harness.sessionmaker, broker=harness.broker, max_lines=5)
     await sink.start()
     sink.notice("job a")
     sink.control("Build", step_id=0, step_status="start", step_command="make")
