@@ -11,6 +11,7 @@ from fastapi import FastAPI, Response
 from sqlalchemy import text
 
 from app import metrics
+from app.ci import router as ci_router
 from app.config import Settings
 from app.context import AppContext
 from app.deps import CtxDep
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs_cancel.router)
     app.include_router(secrets_router.router)
     app.include_router(streams_router.router)
+    app.include_router(ci_router.router)
 
     @app.get("/healthz")
     async def healthz(ctx: CtxDep) -> dict[str, str]:

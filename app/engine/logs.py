@@ -11,6 +11,11 @@ values and what its steps registered with `::add-mask::` never reach the databas
 Step start/end lines are still kept, without their command, so that the log
 keeps its shape, but only within a small reserve (CONTROL_RESERVE_BYTES): a run of endless empty
 steps cannot grow the log past its cap either.
+
+Every line has a `step_kind`, as Tangled's spindle gives its steps one: `user` for the steps the
+workflow wrote (a step boundary is `user` unless said otherwise), `system` for what the spindle
+adds (its notices, the truncation note). A data line takes the kind of its step; a line outside
+any step is `system`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ MAX_LINE_CHARS = 16 * 1024
 TRUNCATED_SUFFIX = " … [line truncated]"
 CONTROL_RESERVE_BYTES = 1024 * 1024
 
+SYSTEM = "system"
+USER = "user"
+STEP_KINDS = (SYSTEM, USER)
+
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
@@ -58,6 +67,7 @@ def line_payload(row: dict[str, Any]) -> dict[str, Any]:
         "stream": row["stream"],
         "step_status": row["step_status"],
         "step_command": row["step_command"],
+        "step_kind": row["step_kind"],
     }
 
 
@@ -79,6 +89,8 @@ class LogSink:
     truncated: bool = field(default=False, init=False)
     _buffer: list[dict[str, Any]] = field(default_factory=list, init=False)
     _buffer_bytes: int = field(default=0, init=False)  # the buffered lines' share of `bytes`
+    # The kind of each step seen so far (from its boundary lines): what its data lines carry.
+    _step_kinds: dict[int, str] = field(default_factory=dict, init=False)
     # Set when BATCH_LINES are buffered: the flusher writes them without waiting FLUSH_INTERVAL.
     _flusher: BackgroundLoop = field(default_factory=BackgroundLoop, init=False)
 
@@ -94,8 +106,8 @@ class LogSink:
         finally:
             masking.unregister(self.masker)
 
-    def data(self, content: str, *, stream: str, step_id: int | None) -> None:
-        """One line a process wrote (stream is stdout or stderr)."""
+    def data(self, content: str, *, stream: str, step_id: int | None, step_kind: str | None = None) -> None:
+        """One line a process wrote (stream is stdout or stderr); its kind is its step's unless given."""
         if self.truncated:
             self.dropped += 1
             return
@@ -115,7 +127,9 @@ class LogSink:
         self.lines += 1
         self.bytes += size
         self._buffer_bytes += size
-        self._add("data", content, stream=stream, step_id=step_id)
+        if step_kind is None:
+            step_kind = self._step_kinds.get(step_id, SYSTEM) if step_id is not None else SYSTEM
+        self._add("data", content, stream=stream, step_id=step_id, step_kind=step_kind)
 
     def notice(self, content: str, *, step_id: int | None = None) -> None:
         """A line from the spindle itself about the run (what it skipped, ignored, or why it failed)."""
@@ -128,11 +142,16 @@ class LogSink:
         step_id: int | None,
         step_status: str | None = None,
         step_command: str | None = None,
+        step_kind: str = USER,
     ) -> None:
         """A step boundary (step_status start|end) or a note about the log itself."""
         content = self.masker.mask(content)
         if step_command is not None:
             step_command = self.masker.mask(step_command)
+        if step_kind not in STEP_KINDS:
+            raise ValueError(f"step_kind must be one of {STEP_KINDS}, not {step_kind!r}")
+        if step_id is not None and step_status is not None:
+            self._step_kinds[step_id] = step_kind
         if len(content) > self.max_line_chars:
             content = content[: self.max_line_chars] + TRUNCATED_SUFFIX
         if step_command is not None and len(step_command) > self.max_line_chars:
@@ -152,7 +171,14 @@ class LogSink:
         self.lines += 1
         self.bytes += size
         self._buffer_bytes += size
-        self._add("control", content, step_id=step_id, step_status=step_status, step_command=step_command)
+        self._add(
+            "control",
+            content,
+            step_id=step_id,
+            step_status=step_status,
+            step_command=step_command,
+            step_kind=step_kind,
+        )
 
     def _truncate(self, step_id: int | None) -> None:
         self.truncated = True
@@ -160,6 +186,7 @@ class LogSink:
             f"log truncated: this run wrote more than {self.max_lines} lines or "
             f"{self.max_bytes // (1024 * 1024)} MB; further output is not kept",
             step_id=step_id,
+            step_kind=SYSTEM,
         )
 
     def _add(
@@ -171,6 +198,7 @@ class LogSink:
         stream: str | None = None,
         step_status: str | None = None,
         step_command: str | None = None,
+        step_kind: str,
     ) -> None:
         self._buffer.append(
             {
@@ -181,6 +209,7 @@ class LogSink:
                 "step_id": step_id,
                 "step_status": step_status,
                 "step_command": step_command,
+                "step_kind": step_kind,
                 "time": utcnow(),
             }
         )

@@ -177,11 +177,19 @@ class KnotClient:
         return assembled
 
     async def workflow_files(
-        self, *, knot: str, repo_did: str, repo_name: str, sha: str, stems: Collection[str] | None = None
+        self,
+        *,
+        knot: str,
+        repo_did: str,
+        repo_name: str,
+        sha: str,
+        stems: Collection[str] | None = None,
+        allow_none: bool = False,
     ) -> list[WorkflowFile]:
         """The workflow files of the repo at commit `sha`, sorted by name; 400 when there are none.
 
-        With `stems`, only the files with those stems are fetched, and none is not an error.
+        With `stems`, only the files with those stems are fetched, and none is not an error; nor
+        is it with `allow_none` (describing a commit's workflows, where none is an answer).
         """
         repo = (knot, repo_did, repo_name, sha)
         listing = self.cache.get(("tree", *repo))
@@ -192,6 +200,8 @@ class KnotClient:
             listing = [(name, size) for name, size in listing if workflow_stem(name) in stems]
             if not listing:
                 return []
+        if not listing and allow_none:
+            return []
         if not listing:
             raise InvalidRequest(
                 f"no workflow files: {WORKFLOWS_DIR} has no *.yml or *.yaml file at commit {sha} "

@@ -2,11 +2,14 @@
 
 The body is Tangled's lexicon (lexicons/sh.tangled.pipeline.cancelPipeline.json):
 
-    {"repo": "at://<repoDid>/sh.tangled.repo/<repoName>",
+    {"repo": "at://<owner DID>/sh.tangled.repo/<record key>",
      "pipeline": "at://did:web:<knot, ':' as %3A>/sh.tangled.pipeline/<pipelineRkey>",
      "workflow": "<stem>"}
 
-The caller needs the same rights as for triggering that repo (its token's issuer is the actor).
+The repo is named by its record's at-uri: Tangled's record keys are TIDs, found through the key
+the repo was registered with (`Repo.rkey`); a repo registered without one is found by its name,
+which is how 2025 clients built the uri (repos_service.find_by_uri). The caller needs the same
+rights as for triggering that repo (its token's issuer is the actor).
 The answer is `{}` (the lexicon has no output); a run that already finished is left as it is.
 """
 
@@ -29,7 +32,7 @@ from app.runs.models import Status
 from app.runs.schemas import RKEY_RE
 from app.streams import service as streams_service
 from app.xrpc.body import read_json_object
-from app.xrpc.errors import InvalidRequest, NotFound
+from app.xrpc.errors import Forbidden, InvalidRequest, NotFound
 from app.xrpc.lexicon import lexicons
 
 if TYPE_CHECKING:
@@ -39,7 +42,6 @@ CANCEL_NSID = "sh.tangled.pipeline.cancelPipeline"
 MAX_BODY_BYTES = 16 * 1024
 MAX_WORKFLOW_CHARS = 255
 
-_REPO_URI_RE = re.compile(r"^at://(?P<did>did:[^/]+)/sh\.tangled\.repo/(?P<name>[^/]+)\Z")
 # Tangled's own spindle writes the knot into did:web unescaped; the did:web form escapes ':'.
 _PIPELINE_URI_RE = re.compile(r"^at://did:web:(?P<knot>[^/]+)/sh\.tangled\.pipeline/(?P<rkey>[^/]+)\Z")
 
@@ -50,8 +52,7 @@ CancelIssuerDep = Annotated[str, Depends(service_auth(CANCEL_NSID))]
 
 @dataclass(frozen=True)
 class CancelInput:
-    repo_did: str
-    repo_name: str
+    repo: repos_service.RepoUri
     knot: str
     pipeline_rkey: str
     workflow: str
@@ -68,14 +69,9 @@ def parse_cancel_input(body: Any) -> CancelInput:
     """Check a decoded body against the lexicon and the URI shapes; 400 naming the field otherwise."""
     _validate_lexicon(body)
     repo, pipeline, workflow = body["repo"], body["pipeline"], body["workflow"]
-    repo_match = _REPO_URI_RE.match(repo)
-    if not repo_match or not DID_RE.match(repo_match["did"]):
-        raise InvalidRequest(f"repo must be at://<repo DID>/sh.tangled.repo/<repo name>, not {_shown(repo)}")
-    if not repos_service.is_valid_repo_name(repo_match["name"]):
-        raise InvalidRequest(
-            f"repo names a repo {_shown(repo_match['name'])}: names are 1-100 characters of "
-            "A-Za-z0-9 . _ - (not . or ..)"
-        )
+    repo_uri = repos_service.parse_repo_uri(repo)
+    if repo_uri is None or not DID_RE.match(repo_uri.did):
+        raise InvalidRequest(f"repo must be at://<DID>/sh.tangled.repo/<record key>, not {_shown(repo)}")
     pipeline_match = _PIPELINE_URI_RE.match(pipeline)
     if not pipeline_match:
         raise InvalidRequest(
@@ -92,8 +88,7 @@ def parse_cancel_input(body: Any) -> CancelInput:
             f"workflow must be a workflow file's name without extension, not {_shown(workflow)}"
         )
     return CancelInput(
-        repo_did=repo_match["did"],
-        repo_name=repo_match["name"],
+        repo=repo_uri,
         knot=knot,
         pipeline_rkey=rkey,
         workflow=workflow,
@@ -104,21 +99,23 @@ async def cancel(
     *, session: AsyncSession, settings: Settings, scheduler: Scheduler, actor: str, req: CancelInput
 ) -> None:
     """Authorize `actor` on the repo, find the run, and cancel it unless it already finished."""
-    await repos_service.authorize(
-        session=session,
-        spindle_owner=settings.owner,
-        actor=actor,
-        knot=req.knot,
-        did=req.repo_did,
-        name=req.repo_name,
+    found = await repos_service.find_by_uri(session=session, uri=req.repo)
+    if found is None:
+        raise Forbidden(f"the repo {req.repo} is not served by this spindle")
+    repo = repos_service.check_rights(
+        found, spindle_owner=settings.owner, actor=actor, knot=found.knot, did=found.did, name=found.name
     )
     run = await streams_service.find_run(
         session=session, knot=req.knot, rkey=req.pipeline_rkey, workflow=req.workflow
     )
     # A run of another repo is "not found" here: rights on one repo reveal nothing of others.
-    if run is None or (run.pipeline.repo_did, run.pipeline.repo_name) != (req.repo_did, req.repo_name):
+    if run is None or (run.pipeline.knot, run.pipeline.repo_did, run.pipeline.repo_name) != (
+        repo.knot,
+        repo.did,
+        repo.name,
+    ):
         raise NotFound(
-            f"{req.repo_did}/{req.repo_name} has no workflow {req.workflow!r} "
+            f"{repo.did}/{repo.name} has no workflow {req.workflow!r} "
             f"in pipeline {req.pipeline_rkey!r} on knot {req.knot}"
         )
     # Nothing is held open while the engine stops the run.

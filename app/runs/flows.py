@@ -139,9 +139,10 @@ class RunStarter:
         trigger: dict[str, Any],
         digest: str,
         runs: Sequence[PlannedRun],
+        tid: str | None = None,
     ) -> StoredPipeline:
         """The stored pipeline; `created` is False when (knot, rkey) was already recorded, and
-        then nothing is announced or started."""
+        then nothing is announced or started. `tid` is its CI API id (default: a new TID)."""
         stored = await self.writer.record(
             NewPipeline(
                 knot=repo.knot,
@@ -154,6 +155,7 @@ class RunStarter:
                 trigger=trigger,
                 request_digest=digest,
                 runs=runs,
+                tid=tid,
             )
         )
         if stored.created:

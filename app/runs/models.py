@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.database import Base, utcnow
+from app.runs.tid import new_tid
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -54,11 +55,17 @@ class Pipeline(Base):
     __tablename__ = "pipeline"
     __table_args__ = (
         UniqueConstraint("knot", "rkey"),
-        # A repo's pipelines newest first: what the retention sweep keeps (SPINDLE_RETENTION_KEEP_PIPELINES).
+        Index("ix_pipeline_tid", "tid", unique=True),
+        # (repo, id): a repo's pipelines newest first: Tangled's queryPipelines pages through them,
+        # and the retention sweep keeps the newest (SPINDLE_RETENTION_KEEP_PIPELINES).
         Index("ix_pipeline_repo_did_id", "repo_did", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # The id Tangled's CI API (sh.tangled.ci.*) knows the pipeline by: a TID, unique on this
+    # spindle, where (knot, rkey) is only unique per knot and an rkey of our trigger may be any key.
+    # NULL only for rows written before migration 0004 by a process that did not know the column.
+    tid: Mapped[str | None] = mapped_column(String(16), default=new_tid)
     knot: Mapped[str] = mapped_column(String(300))
     rkey: Mapped[str] = mapped_column(String(512))
     repo_did: Mapped[str] = mapped_column(String(2048))
@@ -150,4 +157,7 @@ class LogLine(Base):
     step_id: Mapped[int | None] = mapped_column(Integer)
     step_status: Mapped[str | None] = mapped_column(String(16))  # start | end
     step_command: Mapped[str | None] = mapped_column(Text)
+    # system | user: whether the line belongs to a step the spindle added or one the workflow wrote
+    # (Tangled's StepKind); NULL on lines stored before migration 0004 (see streams.service).
+    step_kind: Mapped[str | None] = mapped_column(String(8))
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

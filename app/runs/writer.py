@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.background import BackgroundLoop
 from app.database import utcnow
 from app.runs.models import Pipeline, Status, StatusEvent, WorkflowRun
+from app.runs.tid import new_tid
 from app.xrpc.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ PIPELINE_COLUMNS = (
     "trigger",
     "request_digest",
     "created_at",
+    "tid",
 )
 RUN_COLUMNS = ("pipeline_id", "name", "path", "source", "inputs", "status", "cancel_requested", "created_at")
 EVENT_COLUMNS = ("workflow_run_id", "status", "created_at")
@@ -111,6 +113,9 @@ class NewPipeline:
     trigger: dict[str, Any]
     request_digest: str
     runs: Sequence[PlannedRun]
+    # The pipeline's id in Tangled's CI API; None: a new TID, made when the row is written (so a
+    # batch retried after a rare collision of two processes' TIDs gets a fresh one).
+    tid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +368,7 @@ def _insert(statements: _Statements, items: list[NewPipeline]) -> list[StoredPip
                 new.trigger,
                 new.request_digest,
                 now,
+                new.tid or new_tid(),
             )
             for new in leaders.values()
         ]

@@ -4,7 +4,14 @@ Every watcher works from the database alone (another process may be running the 
 broker only makes it fast. Items carry the row `id`, which is how watchers drop duplicates.
 
 Log items are dicts keyed like `LogLine`'s columns (`id`, `kind`, `content`, `time`, `step_id`,
-`stream`, `step_status`, `step_command`); status items are `app.runs.status.event_payload` dicts.
+`stream`, `step_status`, `step_command`, `step_kind`); status items are
+`app.runs.status.event_payload` dicts.
+
+`step_kind` on the wire: Tangled's spindle marshals its StepKind as an integer (`0` system, `1`
+user; spindle/models `StepKind int`), and its appview decodes log lines into that struct, so a
+string there would make it drop the line. Our JSON lines carry the integer; Tangled's CI
+subscription (app.ci) carries the names. Lines stored before the column existed have none: a
+step boundary with a command counts as `user`, anything else as `system`.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer, joinedload, selectinload
 
 from app.config import Settings
-from app.engine.logs import line_payload
+from app.engine.logs import SYSTEM, USER, line_payload
 from app.runs import service as runs_service
 from app.runs.models import LogLine, Pipeline, Status, StatusEvent, WorkflowRun
 from app.runs.status import event_payload
@@ -33,7 +40,9 @@ STATUS_NSID = "sh.tangled.pipeline.status"
 # (it stores time.Now().UnixNano() of the last frame it read); smaller ones are event ids.
 NANOSECOND_CURSOR = 10**15
 # The fields of a Tangled log line (spindle/models LogLine), as named by our LogLine columns.
-_LINE_FIELDS = ("kind", "content", "time", "step_id", "stream", "step_status", "step_command")
+_LINE_FIELDS = ("kind", "content", "time", "step_id", "stream", "step_status", "step_command", "step_kind")
+# Tangled's StepKind values (an iota in spindle/models/pipeline.go).
+STEP_KIND_NUMBERS = {SYSTEM: 0, USER: 1}
 _ITEM_COLUMNS = ("id", *_LINE_FIELDS)
 
 
@@ -211,6 +220,14 @@ def format_datetime(value: datetime | str | None) -> str | None:
     return as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def step_kind(item: Mapping[str, Any]) -> str:
+    """`system` or `user`: the stored kind, or for a line stored without one, a guess (module docstring)."""
+    kind = item.get("step_kind")
+    if kind in STEP_KIND_NUMBERS:
+        return str(kind)
+    return USER if item.get("kind") == "control" and item.get("step_command") else SYSTEM
+
+
 def tangled_log_line(item: Mapping[str, Any]) -> dict[str, Any]:
     """The Tangled spindle's JSON log line (spindle/models LogLine) for a log item."""
     return {
@@ -221,6 +238,7 @@ def tangled_log_line(item: Mapping[str, Any]) -> dict[str, Any]:
         "stream": item.get("stream"),
         "step_status": item.get("step_status"),
         "step_command": item.get("step_command"),
+        "step_kind": STEP_KIND_NUMBERS[step_kind(item)],
     }
 
 
@@ -240,12 +258,14 @@ def render_log_line(item: Mapping[str, Any]) -> str:
     if item.get("kind") != "control":
         return content
     step = item.get("step_id") or 0
+    # The spindle's own steps are marked; the workflow's read as before.
+    label = f"step {step}" if step_kind(item) == USER else f"step {step} (system)"
     if item.get("step_status") == "end":
-        return f"■ end of step {step}: {content}"
+        return f"■ end of {label}: {content}"
     command = item.get("step_command")
     if command and command != content:
-        return f"▶ step {step}: {content}\n" + "\n".join(f"  $ {part}" for part in command.splitlines())
-    return f"▶ step {step}: {content or command or ''}"
+        return f"▶ {label}: {content}\n" + "\n".join(f"  $ {part}" for part in command.splitlines())
+    return f"▶ {label}: {content or command or ''}"
 
 
 _TRANSITION_KEYS = ("id", "status", "error", "exitCode", "createdAt")

@@ -4,13 +4,17 @@ Covers the lexicon types our procedures use: object, string (with its length lim
 `const` and the `did`/`uri`/`nsid`/`datetime`… formats), integer, boolean, array, ref (local
 `#def` and `nsid#def`), union, unknown. A failure raises InvalidRequest naming the field, e.g.
 `actor must be a DID`.
+
+Queries and subscriptions take `params` in the query string: `params_parser(nsid)` reads them
+(integers and booleans from their text, arrays from repeated keys, unknown keys ignored) into a
+checked dict. `output_validator` and `message_validator` check what we answer (the tests do).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -83,6 +87,42 @@ class Lexicons:
     def output_validator(self, nsid: str) -> Callable[[Any], None]:
         check = self._body_check(nsid, "output")
         return lambda value: check(value, "")
+
+    def message_validator(self, nsid: str) -> Callable[[Any], None]:
+        """For a subscription: raises InvalidRequest unless its argument is a valid message
+        (a union member carries `$type`, e.g. `sh.tangled.ci.subscribePipelineLogs#data`)."""
+        schema = self.documents[nsid]["defs"]["main"]["message"]["schema"]
+        check = self._compile(schema, nsid)
+        return lambda value: check(value, "message")
+
+    def params_parser(self, nsid: str) -> Callable[[Iterable[tuple[str, str]]], dict[str, Any]]:
+        """A function from query-string pairs to the method's checked parameters; InvalidRequest
+        names the parameter otherwise."""
+        params = self.documents[nsid]["defs"]["main"].get("parameters", {"properties": {}})
+        properties: dict[str, dict[str, Any]] = params.get("properties", {})
+        checks = {name: self._compile(prop, nsid) for name, prop in properties.items()}
+        required = tuple(params.get("required", ()))
+
+        def parse(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+            values: dict[str, Any] = {}
+            for name, text in pairs:
+                prop = properties.get(name)
+                if prop is None:
+                    continue  # as XRPC servers do: a newer client's parameter is not an error
+                if prop.get("type") == "array":
+                    values.setdefault(name, []).append(_scalar(prop["items"], name, text))
+                elif name in values:
+                    raise InvalidRequest(f"{name} must be given once")
+                else:
+                    values[name] = _scalar(prop, name, text)
+            for name in required:
+                if name not in values:
+                    raise InvalidRequest(f"{name} is required")
+            for name, value in values.items():
+                checks[name](value, name)
+            return values
+
+        return parse
 
     def _body_check(self, nsid: str, part: str) -> Check:
         main = self.documents[nsid]["defs"]["main"]
@@ -174,6 +214,26 @@ class Lexicons:
                 raise InvalidRequest(f"{where}.$type must be one of {sorted(refs)}")
 
         return check
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:80] + "…")
+
+
+def _scalar(schema: dict[str, Any], name: str, text: str) -> Any:
+    """A query-string value as the type its parameter declares."""
+    kind = schema.get("type")
+    if kind == "integer":
+        # ASCII digits only, bounded: int() also takes "٣" and "1_000", and 5000 digits cost time.
+        digits = text[1:] if text.startswith("-") else text
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 18:
+            raise InvalidRequest(f"{name} must be an integer, not {_shown(text)}")
+        return int(text)
+    if kind == "boolean":
+        if text not in ("true", "false"):
+            raise InvalidRequest(f"{name} must be true or false, not {_shown(text)}")
+        return text == "true"
+    return text
 
 
 def _typed(kind: type, described: str) -> Check:

@@ -8,6 +8,8 @@ answered 400 `InvalidRequest`). This fills those in from the lexicons:
 - each `/xrpc/<nsid>` procedure with a lexicon (a FastAPI route, or a plain Starlette one such
   as the trigger, which FastAPI leaves out) gets its input as the JSON request body, its
   output as the 200 body, and the service-auth bearer token as its security requirement;
+- each `/xrpc/<nsid>` query with a lexicon (routes that read their query string by hand) gets
+  its parameters and its output as the 200 body;
 - every operation gets a `default` response: the XRPC error body (or, for an HTML page, a page);
 - the 422 responses and their schemas are removed.
 """
@@ -71,12 +73,32 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-def _procedure_defs(documents: dict[str, Any], path: str) -> dict[str, Any] | None:
-    """The defs of the lexicon of `/xrpc/<nsid>` when that method is a procedure, else None."""
+def _procedure_defs(documents: dict[str, Any], path: str, kind: str = "procedure") -> dict[str, Any] | None:
+    """The defs of the lexicon of `/xrpc/<nsid>` when that method is a `kind`, else None."""
     if not path.startswith("/xrpc/"):
         return None
     defs: dict[str, Any] = documents.get(path.removeprefix("/xrpc/"), {}).get("defs", {})
-    return defs if defs.get("main", {}).get("type") == "procedure" else None
+    return defs if defs.get("main", {}).get("type") == kind else None
+
+
+def _query_parameters(params: dict[str, Any], defs: dict[str, Any]) -> list[dict[str, Any]]:
+    """A lexicon's `params` as OpenAPI query parameters (arrays as repeated keys)."""
+    required = set(params.get("required", ()))
+    out = []
+    for name, prop in params.get("properties", {}).items():
+        schema = lexicon_schema(prop, defs)
+        if prop.get("type") == "integer":
+            schema.update({k: prop[k] for k in ("minimum", "maximum") if k in prop})
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": schema,
+        }
+        if prop.get("type") == "array":
+            parameter.update(style="form", explode=True)
+        out.append(parameter)
+    return out
 
 
 def xrpc_openapi(app: FastAPI) -> dict[str, Any]:
@@ -113,6 +135,12 @@ def xrpc_openapi(app: FastAPI) -> dict[str, Any]:
             if page is not None:
                 # A page for people answers its errors as a page too (a "not found" page).
                 responses["default"] = {**error, "content": {**error["content"], "text/html": page}}
+            query = _procedure_defs(documents, path, "query")
+            if method == "get" and query is not None:
+                main = query["main"]
+                operation["parameters"] = _query_parameters(main.get("parameters", {}), query)
+                output = main.get("output", {}).get("schema", {"type": "object"})
+                responses["200"] = {"description": "Success", "content": _json(lexicon_schema(output, query))}
             defs = _procedure_defs(documents, path)
             if method != "post" or defs is None:
                 continue

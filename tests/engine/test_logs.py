@@ -79,6 +79,7 @@ async def test_an_overlong_line_is_cut_and_marked(harness: Harness) -> None:
             "stream": "stderr",
             "step_status": None,
             "step_command": None,
+            "step_kind": "system",
         }
     ]
 
@@ -98,3 +99,26 @@ async def test_a_step_printing_a_huge_line_without_newline_does_not_break_the_ru
     assert "after" in output
     long_lines = [line for line in output if line.startswith("yyyy")]
     assert long_lines and all(line.endswith(TRUNCATED_SUFFIX) for line in long_lines)
+
+
+async def test_every_line_says_whether_its_step_is_the_workflows_or_the_spindles(harness: Harness) -> None:
+    run_id = await harness.add_run("on: push\njobs: {a: {steps: [{run: echo}]}}\n", status=Status.RUNNING)
+    sink = LogSink(run_id=run_id, sessionmaker=harness.sessionmaker, broker=harness.broker, max_lines=5)
+    await sink.start()
+    sink.notice("job a")
+    sink.control("Build", step_id=0, step_status="start", step_command="make")
+    sink.data("compiling", stream="stdout", step_id=0)
+    sink.notice("GITHUB_ENV: ignored", step_id=0)
+    sink.control("Build", step_id=0, step_status="end", step_command="make")
+    sink.data("a line past the cap", stream="stdout", step_id=0)
+    await sink.close()
+    kinds = [(line.kind, line.content, line.step_kind) for line in await harness.lines(run_id)]
+    assert kinds == [
+        ("data", "spindle: job a", "system"),
+        ("control", "Build", "user"),
+        ("data", "compiling", "user"),
+        ("data", "spindle: GITHUB_ENV: ignored", "user"),  # said about the step: shown inside it
+        ("control", "Build", "user"),
+        ("control", kinds[5][1], "system"),  # the truncation note is the spindle's
+    ]
+    assert kinds[5][1].startswith("log truncated")

@@ -231,6 +231,7 @@ async def test_log_lines_are_stored_then_published_as_batches_with_their_row_ids
         "stream",
         "step_status",
         "step_command",
+        "step_kind",
     }
     data = [p["content"] for p in published if p["kind"] == "data" and p["step_id"] == 0]
     assert data == [f"line {i}" for i in range(1, 501)]

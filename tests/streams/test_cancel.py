@@ -230,3 +230,24 @@ async def test_a_malformed_body_is_a_400_naming_the_field(spindle: Spindle, owne
 async def test_a_body_that_is_not_a_json_object_is_a_400(spindle: Spindle, owner: Account):
     response = await spindle.cancel(owner, ["not", "an", "object"])
     assert response.status_code == 400 and response.json()["error"] == "InvalidRequest"
+
+
+async def test_tangleds_repo_uri_with_a_tid_record_key_names_the_repo(spindle: Spindle, owner: Account):
+    tid = "3mbx7k2lq5c2a"
+    async with spindle.recorder.sessionmaker() as session:
+        await repos_service.add(
+            session=session,
+            knot=KNOT,
+            did=REPO_DID,
+            name="gadgets",
+            owner_did=owner.did,
+            collaborators=[],
+            rkey=tid,
+        )
+    run = (await spindle.recorder.pipeline("3ctid", repo_name="gadgets"))["ci"]
+    by_name = await spindle.cancel(owner, body("3ctid", repo=f"at://{REPO_DID}/sh.tangled.repo/gadgets"))
+    # A repo that has a record key is known by it, not by its name.
+    assert by_name.status_code == 403
+    response = await spindle.cancel(owner, body("3ctid", repo=f"at://{REPO_DID}/sh.tangled.repo/{tid}"))
+    assert response.status_code == 200, response.text
+    assert (await spindle.run(run)).status is Status.CANCELLED

@@ -15,7 +15,7 @@ from app.runs.models import Status
 from tests.streams.runs import KNOT, data, step
 from tests.streams.wire import PATIENCE, frames, frames_until_closed
 
-TANGLED_FIELDS = {"kind", "content", "time", "step_id", "stream", "step_status", "step_command"}
+TANGLED_FIELDS = {"kind", "content", "time", "step_id", "stream", "step_status", "step_command", "step_kind"}
 GO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 
 
@@ -63,7 +63,9 @@ async def test_log_lines_have_the_tangled_spindle_fields_and_time_format(service
         "stream": "stdout",
         "step_status": None,
         "step_command": None,
+        "step_kind": 1,
     }
+    assert control["step_kind"] == 1  # a step of the workflow: Tangled's StepKindUser
     assert GO_TIME.match(line["time"]) and GO_TIME.match(control["time"])
 
 
