@@ -22,6 +22,7 @@ from app.knot.client import KnotClient
 from app.knot.events import KnotEventConsumer
 from app.repos.service import RegistrationCache
 from app.runs.flows import RunFlows, RunStarter
+from app.runs.quota import RunQuota
 from app.runs.writer import PipelineWriter
 from app.streams.broker import Broker
 
@@ -55,7 +56,12 @@ class AppContext:
             sessionmaker=self.sessionmaker,
             knot=self.knot,
             registrations=self.registrations,
-            starter=RunStarter(writer=self.writer, broker=self.broker, scheduler=self.scheduler),
+            starter=RunStarter(
+                writer=self.writer,
+                broker=self.broker,
+                scheduler=self.scheduler,
+                quota=RunQuota(settings=settings, sessionmaker=self.sessionmaker),
+            ),
         )
         self.consumer = KnotEventConsumer(
             settings=settings, sessionmaker=self.sessionmaker, knot=self.knot, flows=self.flows

@@ -7,6 +7,8 @@
     await scheduler.cancel(id)   # pending → cancelled at once; running → killed, then cancelled
     await scheduler.stop()       # kill what runs here; those runs end `failed`
 
+- Fair: each round takes the oldest pending run of each repo, repos with the fewest running runs
+  first, then the one waiting longest (`next_runs`), so a repo's flood waits behind itself.
 - Claiming is one conditional UPDATE (`status = pending AND claimed_by IS NULL` → running,
   claimed_by = this instance), so processes sharing a database never run one run twice.
 - At most `settings.max_jobs` runs execute in this process at once; the rest stay pending
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Result, or_, select, update
+from sqlalchemy import Result, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.background import BackgroundLoop
@@ -43,7 +45,7 @@ from app.engine.context import RunSpec
 from app.engine.logs import LogSink
 from app.engine.runner import RunOutcome, WorkflowRunner
 from app.knot.client import KnotClient
-from app.runs.models import Status, WorkflowRun
+from app.runs.models import Pipeline, Status, WorkflowRun
 from app.runs.status import announce, transition
 from app.streams.broker import Broker
 
@@ -59,6 +61,42 @@ CANCELLED_PENDING = "cancelled before it started"
 # Recording a run's end is retried this often (doubling) while the database is unavailable.
 FINISH_RETRY_START = 0.5
 FINISH_RETRY_MAX = 5.0
+
+
+async def next_runs(session: AsyncSession, *, limit: int) -> list[int]:
+    """The oldest pending run of each repo, repos with the fewest running runs first, then the
+    repo whose oldest run has waited longest: one repo's flood of runs cannot starve another's.
+
+    Both groupings read only `pending` and `running` rows (the status index), which the queued-runs
+    cap per repo (app.runs.quota) and SPINDLE_MAX_JOBS per process keep few.
+    """
+    repo = (Pipeline.knot, Pipeline.repo_did, Pipeline.repo_name)
+    waiting = (
+        select(*repo, func.min(WorkflowRun.id).label("first_id"))
+        .join(Pipeline, WorkflowRun.pipeline_id == Pipeline.id)
+        .where(WorkflowRun.status == Status.PENDING, WorkflowRun.claimed_by.is_(None))
+        .group_by(*repo)
+        .subquery("waiting")
+    )
+    running = (
+        select(*repo, func.count().label("running"))
+        .join(Pipeline, WorkflowRun.pipeline_id == Pipeline.id)
+        .where(WorkflowRun.status == Status.RUNNING)
+        .group_by(*repo)
+        .subquery("running")
+    )
+    same_repo = and_(
+        running.c.knot == waiting.c.knot,
+        running.c.repo_did == waiting.c.repo_did,
+        running.c.repo_name == waiting.c.repo_name,
+    )
+    rows = await session.scalars(
+        select(waiting.c.first_id)
+        .outerjoin(running, same_repo)
+        .order_by(func.coalesce(running.c.running, 0), waiting.c.first_id)
+        .limit(limit)
+    )
+    return list(rows)
 
 
 def default_instance_id(settings: Settings) -> str:
@@ -295,26 +333,23 @@ class Scheduler:
                 log.warning("run %d of %s had a stale heartbeat: marked failed", run_id, owner)
 
     async def _claim(self) -> None:
-        free = self.settings.max_jobs - len(self.active)
-        if free <= 0:
-            return
-        async with self.sessionmaker() as session:
-            candidates = list(
-                await session.scalars(
-                    select(WorkflowRun.id)
-                    .where(WorkflowRun.status == Status.PENDING, WorkflowRun.claimed_by.is_(None))
-                    .order_by(WorkflowRun.id)
-                    .limit(free * 2)
-                )
-            )
-        for run_id in candidates:
-            if len(self.active) >= self.settings.max_jobs or self._loop.stopping:
+        """Claim pending runs while slots are free, one per repo per round, fairest first."""
+        while len(self.active) < self.settings.max_jobs and not self._loop.stopping:
+            free = self.settings.max_jobs - len(self.active)
+            async with self.sessionmaker() as session:
+                candidates = await next_runs(session, limit=free * 2)
+            claimed = False
+            for run_id in candidates:
+                if len(self.active) >= self.settings.max_jobs or self._loop.stopping:
+                    return
+                spec = await self._try_claim(run_id)
+                if spec is not None:
+                    claimed = True
+                    active = _Active()
+                    self.active[run_id] = active
+                    active.task = asyncio.create_task(self._execute(spec, active), name=f"run-{run_id}")
+            if not claimed:
                 return
-            spec = await self._try_claim(run_id)
-            if spec is not None:
-                active = _Active()
-                self.active[run_id] = active
-                active.task = asyncio.create_task(self._execute(spec, active), name=f"run-{run_id}")
 
     async def _try_claim(self, run_id: int) -> RunSpec | None:
         """Take one pending run for this instance; None when another process was quicker."""
