@@ -198,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn
 
         from app.main import create_app
+        from app.server import raise_open_files_limit, uvicorn_options
 
         app = create_app(settings)
         # The process serves this app until it exits: what exists now (modules, the app) leaves the
@@ -205,15 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # app's lifespan: it is the process's decision, and tests start many apps in one process.
         gc.collect()
         gc.freeze()
+        raise_open_files_limit()
         uvicorn.run(
             app,
             host=settings.listen_host,
             port=settings.listen_port,
             log_level=settings.log_level.lower(),
-            proxy_headers=True,
-            ws_max_size=1 << 20,
-            # Log frames are small and many: compressing each costs more CPU than it saves.
-            ws_per_message_deflate=False,
+            **uvicorn_options(settings),
         )
         return 0
     return 2

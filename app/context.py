@@ -40,7 +40,13 @@ class AppContext:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
         self.broker = Broker()
-        self.resolver = DidResolver(http=self.http, plc_url=settings.plc_url, dev=settings.dev)
+        self.resolver = DidResolver(
+            http=self.http,
+            plc_url=settings.plc_url,
+            dev=settings.dev,
+            failure_ttl=settings.did_failure_ttl,
+            lookups_per_minute=settings.did_lookups_per_minute,
+        )
         # Processes sharing a server database also share the jti ledger; a SQLite file belongs
         # to one `spindle serve`, whose in-memory guard already sees every token.
         ledger = None if is_sqlite(settings.resolved_database_url) else SharedReplayLedger(engine=self.engine)

@@ -55,17 +55,34 @@ def _as_list(item: Any) -> list[Mapping[str, Any]]:
     return item if isinstance(item, list) else [item]
 
 
+# /events replays history in pages this small: each page is read and encoded in one go on the
+# event loop, and a client replaying from cursor=0 should not hold the loop for long at a time.
+EVENTS_REPLAY_PAGE = 100
+
+
+class ReplayLimitReached(Exception):
+    """An /events connection replayed as many events as one may; `cursor` is the last one sent."""
+
+    def __init__(self, cursor: int) -> None:
+        super().__init__(f"replay limit reached at cursor {cursor}")
+        self.cursor = cursor
+
+
 async def _pages(
-    sessionmaker: async_sessionmaker[AsyncSession], seen: service.SeenIds, read: feeds_.Reader
+    sessionmaker: async_sessionmaker[AsyncSession],
+    seen: service.SeenIds,
+    read: feeds_.Reader,
+    page_size: int = service.PAGE_SIZE,
 ) -> AsyncGenerator[Batch, None]:
-    """Pages of rows not seen yet; each read in a short session, none held while the caller sends."""
+    """Pages of rows not seen yet; each read in a short session, none held while the caller sends
+    (the next page is read only once the caller has sent this one: the socket sets the pace)."""
     while True:
         async with sessionmaker() as session:
             items = await read(session, seen.floor)
         fresh = seen.fresh(items)
         if fresh:
             yield fresh
-        if len(items) < service.PAGE_SIZE:
+        if len(items) < page_size:
             return
 
 
@@ -192,11 +209,14 @@ async def follow_events(
     *,
     feeds: feeds_.Feeds,
     cursor: int | None,
+    replay_max: int | None = None,
 ) -> AsyncIterator[AsyncGenerator[Batch, None]]:
     """Every transition of every run after `cursor` (an event id, or Unix nanoseconds), then live.
 
     Without a cursor only transitions after entering are sent, as Tangled's spindle does; entering
     subscribes and fixes that point, so callers enter before telling a client it is connected.
+    The replay of history is read in pages of EVENTS_REPLAY_PAGE; past `replay_max` replayed
+    transitions the generator raises ReplayLimitReached (the client continues from its cursor).
     """
     topics = _Topics(feeds.broker, EVENTS_TOPIC)
     try:
@@ -208,15 +228,28 @@ async def follow_events(
                 start = await service.event_id_before(session=session, since=since)
             else:
                 start = cursor
-        yield _events(feeds=feeds, topics=topics, start=start)
+        yield _events(feeds=feeds, topics=topics, start=start, replay_max=replay_max)
     finally:
         topics.close()
 
 
-async def _events(*, feeds: feeds_.Feeds, topics: _Topics, start: int) -> AsyncGenerator[Batch, None]:
+async def _events(
+    *, feeds: feeds_.Feeds, topics: _Topics, start: int, replay_max: int | None
+) -> AsyncGenerator[Batch, None]:
     seen = service.SeenIds(start, lookback=feeds_.EVENTS_LOOKBACK)
     spec = feeds_.events_feed()
-    async for batch in _pages(feeds.sessionmaker, seen, spec.read):
+
+    async def replay_page(session: AsyncSession, after: int) -> list[dict[str, Any]]:
+        return await service.status_items_after(session=session, after=after, limit=EVENTS_REPLAY_PAGE)
+
+    replayed = 0
+    async for batch in _pages(feeds.sessionmaker, seen, replay_page, EVENTS_REPLAY_PAGE):
+        if replay_max is not None and replayed + len(batch) > replay_max:
+            batch = batch[: replay_max - replayed]
+            if batch:
+                yield batch
+            raise ReplayLimitReached(int(batch[-1]["id"]) if batch else seen.start)
+        replayed += len(batch)
         yield batch
     with feeds.hold(spec, after=seen.last):
         while True:
