@@ -73,6 +73,7 @@ async def next_runs(session: AsyncSession, *, limit: int) -> list[int]:
     repo = (Pipeline.knot, Pipeline.repo_did, Pipeline.repo_name)
     waiting = (
         select(*repo, func.min(WorkflowRun.id).label("first_id"))
+        .select_from(WorkflowRun)
         .join(Pipeline, WorkflowRun.pipeline_id == Pipeline.id)
         .where(WorkflowRun.status == Status.PENDING, WorkflowRun.claimed_by.is_(None))
         .group_by(*repo)
@@ -80,6 +81,7 @@ async def next_runs(session: AsyncSession, *, limit: int) -> list[int]:
     )
     running = (
         select(*repo, func.count().label("running"))
+        .select_from(WorkflowRun)
         .join(Pipeline, WorkflowRun.pipeline_id == Pipeline.id)
         .where(WorkflowRun.status == Status.RUNNING)
         .group_by(*repo)

@@ -203,10 +203,15 @@ class DidResolver:
             self._failures.popitem(last=False)
 
     def _directory(self, did: str) -> str:
-        """Whom a look-up of `did` asks: the PLC directory, or the did:web host."""
+        """Whom a look-up of `did` asks: the PLC directory, or the did:web host's domain (its last
+        two labels, or its IP address: made-up subdomains of one victim share one rate)."""
         if did.startswith("did:plc:"):
             return self.plc_url
-        return parse_did_web(did)[0].lower()
+        host = parse_did_web(did)[0].lower().rstrip(".")
+        try:
+            return str(ipaddress.ip_address(host.strip("[]")))
+        except ValueError:
+            return ".".join(host.rsplit(".", 2)[-2:])
 
     def _check_syntax(self, did: str) -> None:
         if did.startswith("did:plc:"):
