@@ -2,6 +2,7 @@
 
 from app.auth.models import ServiceAuthJti
 from app.database import Base
+from app.engine.models import RepoTurn
 from app.knot.models import KnotCursor
 from app.repos.models import Repo
 from app.runs.models import LogLine, Pipeline, StatusEvent, WorkflowRun
@@ -13,6 +14,7 @@ __all__ = [
     "LogLine",
     "Pipeline",
     "Repo",
+    "RepoTurn",
     "StatusEvent",
     "WorkflowRun",
 ]

@@ -239,18 +239,36 @@ async def _events(
     seen = service.SeenIds(start, lookback=feeds_.EVENTS_LOOKBACK)
     spec = feeds_.events_feed()
 
-    async def replay_page(session: AsyncSession, after: int) -> list[dict[str, Any]]:
-        return await service.status_items_after(session=session, after=after, limit=EVENTS_REPLAY_PAGE)
+    async def history() -> AsyncGenerator[Batch, None]:
+        # Far below the newest id everything is committed: page through it after the last id
+        # read (a floor `lookback` below it would re-read most of a small page), then read the
+        # last stretch from the floor, as the live part does.
+        while True:
+            async with feeds.sessionmaker() as session:
+                items = await service.status_items_after(
+                    session=session, after=seen.last, limit=EVENTS_REPLAY_PAGE
+                )
+            fresh = seen.fresh(items)
+            if fresh:
+                yield fresh
+            if len(items) < EVENTS_REPLAY_PAGE:
+                break
+        async for batch in _pages(feeds.sessionmaker, seen, spec.read):
+            yield batch
 
-    replayed = 0
-    async for batch in _pages(feeds.sessionmaker, seen, replay_page, EVENTS_REPLAY_PAGE):
-        if replay_max is not None and replayed + len(batch) > replay_max:
-            batch = batch[: replay_max - replayed]
-            if batch:
-                yield batch
-            raise ReplayLimitReached(int(batch[-1]["id"]) if batch else seen.start)
-        replayed += len(batch)
-        yield batch
+    replayed, last_sent = 0, start
+    async with contextlib.aclosing(history()) as batches:
+        async for batch in batches:
+            if replay_max is not None and replayed + len(batch) > replay_max:
+                batch = batch[: replay_max - replayed]
+                if batch:
+                    yield batch
+                    last_sent = int(batch[-1]["id"])
+                # metric: /events replays stopped at their bound
+                raise ReplayLimitReached(last_sent)
+            replayed += len(batch)
+            last_sent = int(batch[-1]["id"])
+            yield batch
     with feeds.hold(spec, after=seen.last):
         while True:
             entry = await topics.next()

@@ -10,10 +10,10 @@ import aiodocker
 
 from app.database import utcnow
 from app.engine.container.backend import LABEL_DEPLOYMENT, LABEL_RUN, deployment_id
-from app.engine.queue import CANCELLED_PENDING, RESTART_ERROR, SHUTDOWN_ERROR, next_runs
+from app.engine.queue import CANCELLED_PENDING, RESTART_ERROR, SHUTDOWN_ERROR, next_runs, take_turn
 from app.runs.models import Status
 from app.streams.broker import EVENTS_TOPIC, logs_topic
-from tests.engine.conftest import Harness
+from tests.engine.conftest import REPO_DID, Harness
 from tests.support.podman import PodmanEngine, touch_in_jobs
 
 SLEEPER = """
@@ -315,6 +315,20 @@ async def test_next_runs_put_a_repo_with_nothing_running_before_one_already_runn
     honest = await harness.add_run(ECHO, repo_name="honest")
     async with harness.sessionmaker() as session:
         assert await next_runs(session, limit=10) == [honest, flood[0]]
+
+
+async def test_next_runs_put_a_repo_never_served_before_one_served_just_now(any_db_harness: Harness) -> None:
+    harness = any_db_harness
+    flood = [await harness.add_run(ECHO, repo_name="flood") for _ in range(3)]
+    honest = await harness.add_run(ECHO, repo_name="honest")
+    async with harness.sessionmaker() as session:
+        await take_turn(session, knot="knot.example.com", repo_did=REPO_DID, repo_name="flood")
+    async with harness.sessionmaker() as session:
+        assert await next_runs(session, limit=10) == [honest, flood[0]]
+    async with harness.sessionmaker() as session:
+        await take_turn(session, knot="knot.example.com", repo_did=REPO_DID, repo_name="honest")
+    async with harness.sessionmaker() as session:
+        assert await next_runs(session, limit=10) == [flood[0], honest]
 
 
 async def test_a_flooding_repo_does_not_starve_the_run_of_another_repo(
