@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # Events one /events connection may replay from its cursor; it is then closed (4429) with the
     # cursor to continue from.
     events_replay_max: int = Field(default=10_000, ge=1)
+    # Events a second that all /events replays of this process share (history is read and encoded
+    # on the event loop: unpaced, 20 replaying clients take the whole process).
+    events_replay_per_second: float = Field(default=500, gt=0)
     # DID look-ups: a failed resolution is remembered for this many seconds, and each directory
     # (the PLC, each did:web host) is asked at most this many times a minute for uncached DIDs.
     did_failure_ttl: float = Field(default=60.0, ge=0)

@@ -35,6 +35,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from app.context import AppContext
 from app.deps import CtxDep
+from app.ratelimit import TokenBuckets
 from app.runs import service as runs_service
 from app.runs.models import Status, WorkflowRun
 from app.streams import page, service, watch
@@ -72,6 +73,15 @@ def get_slots(ctx: CtxDep) -> WatcherSlots:
 
 
 SlotsDep = Annotated[WatcherSlots, Depends(get_slots)]
+
+
+def _replay_budget(ctx: AppContext) -> TokenBuckets:
+    """Events a second all /events replays of this process share (SPINDLE_EVENTS_REPLAY_PER_SECOND)."""
+    budget = ctx.extras.get("events_replay_budget")
+    if budget is None:
+        rate = ctx.settings.events_replay_per_second
+        budget = ctx.extras["events_replay_budget"] = TokenBuckets(per_minute=rate * 60, burst=rate)
+    return budget  # type: ignore[no-any-return]
 
 
 def _address(connection: HTTPConnection) -> str | None:
@@ -373,7 +383,9 @@ async def events_socket(websocket: WebSocket, ctx: CtxDep, feeds: FeedsDep, slot
 
 async def _events_socket(websocket: WebSocket, ctx: AppContext, feeds: Feeds, cursor: int | None) -> None:
     replay_max = ctx.settings.events_replay_max
-    following = watch.follow_events(feeds=feeds, cursor=cursor, replay_max=replay_max)
+    following = watch.follow_events(
+        feeds=feeds, cursor=cursor, replay_max=replay_max, replay_budget=_replay_budget(ctx)
+    )
     async with following as batches:
         # Accepted only once subscribed: whatever happens after the handshake is sent.
         await websocket.accept()

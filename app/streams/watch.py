@@ -9,12 +9,14 @@ broker; it then resubscribes and catches up from the database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.ratelimit import TokenBuckets
 from app.streams import feeds as feeds_
 from app.streams import service
 from app.streams.broker import EVENTS_TOPIC, Broker, Subscription
@@ -58,6 +60,7 @@ def _as_list(item: Any) -> list[Mapping[str, Any]]:
 # /events replays history in pages this small: each page is read and encoded in one go on the
 # event loop, and a client replaying from cursor=0 should not hold the loop for long at a time.
 EVENTS_REPLAY_PAGE = 100
+REPLAY_BUDGET_KEY = "events replay"
 
 
 class ReplayLimitReached(Exception):
@@ -210,6 +213,7 @@ async def follow_events(
     feeds: feeds_.Feeds,
     cursor: int | None,
     replay_max: int | None = None,
+    replay_budget: TokenBuckets | None = None,
 ) -> AsyncIterator[AsyncGenerator[Batch, None]]:
     """Every transition of every run after `cursor` (an event id, or Unix nanoseconds), then live.
 
@@ -217,6 +221,7 @@ async def follow_events(
     subscribes and fixes that point, so callers enter before telling a client it is connected.
     The replay of history is read in pages of EVENTS_REPLAY_PAGE; past `replay_max` replayed
     transitions the generator raises ReplayLimitReached (the client continues from its cursor).
+    `replay_budget` paces the pages of every replay sharing it (events a second).
     """
     topics = _Topics(feeds.broker, EVENTS_TOPIC)
     try:
@@ -228,13 +233,20 @@ async def follow_events(
                 start = await service.event_id_before(session=session, since=since)
             else:
                 start = cursor
-        yield _events(feeds=feeds, topics=topics, start=start, replay_max=replay_max)
+        yield _events(
+            feeds=feeds, topics=topics, start=start, replay_max=replay_max, replay_budget=replay_budget
+        )
     finally:
         topics.close()
 
 
 async def _events(
-    *, feeds: feeds_.Feeds, topics: _Topics, start: int, replay_max: int | None
+    *,
+    feeds: feeds_.Feeds,
+    topics: _Topics,
+    start: int,
+    replay_max: int | None,
+    replay_budget: TokenBuckets | None,
 ) -> AsyncGenerator[Batch, None]:
     seen = service.SeenIds(start, lookback=feeds_.EVENTS_LOOKBACK)
     spec = feeds_.events_feed()
@@ -244,10 +256,12 @@ async def _events(
         # read (a floor `lookback` below it would re-read most of a small page), then read the
         # last stretch from the floor, as the live part does.
         while True:
+            if replay_budget is not None:
+                # Every replaying connection of the process shares one rate: each waits its turn.
+                while (wait := replay_budget.take(REPLAY_BUDGET_KEY, EVENTS_REPLAY_PAGE)) > 0:
+                    await asyncio.sleep(wait)
             async with feeds.sessionmaker() as session:
-                items = await service.status_items_after(
-                    session=session, after=seen.last, limit=EVENTS_REPLAY_PAGE
-                )
+                items = await service.events_after(session=session, after=seen.last, limit=EVENTS_REPLAY_PAGE)
             fresh = seen.fresh(items)
             if fresh:
                 yield fresh
