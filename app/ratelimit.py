@@ -61,6 +61,12 @@ class TokenBuckets:
         missing = min(tokens, self.burst) - bucket.tokens
         return 0.0 if missing <= 0 else missing / self.rate
 
+    def give_back(self, key: Hashable, tokens: float = 1.0) -> None:
+        """Return tokens taken for something that did not happen after all."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + min(tokens, self.burst))
+
     def take(self, key: Hashable, tokens: float = 1.0) -> float:
         """Take `tokens` from `key`'s bucket and return 0.0, or take nothing and return the seconds
         until they are there. More tokens than a burst are taken once the bucket is full."""

@@ -42,3 +42,14 @@ def test_the_table_of_keys_is_bounded() -> None:
 def test_a_rate_of_zero_never_refuses() -> None:
     buckets = TokenBuckets(per_minute=0, clock=ManualClock(0))
     assert all(buckets.take("a") == 0.0 for _ in range(100))
+
+
+def test_tokens_given_back_are_available_again_up_to_the_burst() -> None:
+    buckets = TokenBuckets(per_minute=2, clock=ManualClock(0))
+    assert buckets.take("a") == 0.0 and buckets.take("a") == 0.0
+    assert buckets.take("a") > 0
+    buckets.give_back("a")
+    assert buckets.take("a") == 0.0
+    buckets.give_back("a", 10)
+    assert buckets.wait("a", 2) == 0.0 and buckets.wait("a", 3) == 0.0  # more than a burst: once full
+    assert buckets._buckets["a"].tokens == 2

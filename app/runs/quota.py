@@ -43,9 +43,15 @@ class RunQuota:
         self.repos = TokenBuckets(per_minute=settings.repo_runs_per_minute)
 
     async def admit(self, *, knot: str, repo_did: str, repo_name: str, actor: str | None, runs: int) -> None:
-        """Take one start for `actor` and the repo, or raise RateLimitExceeded (nothing taken)."""
+        """Take one start for `actor` and the repo, or raise RateLimitExceeded (nothing taken).
+
+        Concurrent starts of one repo may each count the queue before the others are recorded, so
+        the queue cap can be passed by as many pipelines as arrive at that moment (at most the
+        repo's burst)."""
         repo = (knot, repo_did, repo_name)
-        actor_wait = self.actors.wait(actor) if actor is not None else 0.0
+        # Taken before the queue is counted (and given back if it is full): requests waiting on
+        # that count together cannot take more than the bucket holds.
+        actor_wait = self.actors.take(actor) if actor is not None else 0.0
         if actor_wait > 0:
             # metric: runs refused by the actor rate limit
             raise RateLimitExceeded(
@@ -53,8 +59,9 @@ class RunQuota:
                 f"try again in {actor_wait:.0f} s",
                 retry_after=actor_wait,
             )
-        repo_wait = self.repos.wait(repo)
+        repo_wait = self.repos.take(repo)
         if repo_wait > 0:
+            self._give_back(actor, None)
             # metric: runs refused by the repo rate limit
             raise RateLimitExceeded(
                 f"repo {repo_did}/{repo_name} on {knot} started too many runs "
@@ -62,9 +69,14 @@ class RunQuota:
                 retry_after=repo_wait,
             )
         if self.max_queued:
-            waiting = await self.queued(knot=knot, repo_did=repo_did, repo_name=repo_name)
+            try:
+                waiting = await self.queued(knot=knot, repo_did=repo_did, repo_name=repo_name)
+            except BaseException:
+                self._give_back(actor, repo)
+                raise
             # A pipeline larger than the cap still starts on an empty queue.
             if waiting and waiting + runs > self.max_queued:
+                self._give_back(actor, repo)
                 # metric: runs refused by the queued-runs cap
                 raise RateLimitExceeded(
                     f"repo {repo_did}/{repo_name} on {knot} has {waiting} runs waiting to start and "
@@ -72,9 +84,12 @@ class RunQuota:
                     "try again when some have started",
                     retry_after=QUEUE_FULL_RETRY_AFTER,
                 )
+
+    def _give_back(self, actor: str | None, repo: tuple[str, str, str] | None) -> None:
         if actor is not None:
-            self.actors.take(actor)
-        self.repos.take(repo)
+            self.actors.give_back(actor)
+        if repo is not None:
+            self.repos.give_back(repo)
 
     async def queued(self, *, knot: str, repo_did: str, repo_name: str) -> int:
         """Runs of the repo still pending, in every process (read through the status index)."""

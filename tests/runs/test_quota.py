@@ -3,6 +3,7 @@ pending runs, read from the database (both databases)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -139,3 +140,28 @@ async def test_a_limit_set_to_zero_is_off(quota_db: Any, make_settings: Callable
     await add_runs(quota_db, name="free", count=10)
     for _ in range(200):
         await limits.admit(knot=KNOT, repo_did=REPO_DID, repo_name="free", actor="did:plc:aaaa", runs=1)
+
+
+async def test_concurrent_starts_take_no_more_than_the_bucket_holds(
+    quota_db: Any, make_settings: Callable[..., Settings]
+) -> None:
+    limits = quota(make_settings, quota_db, actor_runs_per_minute=3, max_queued_runs_per_repo=100)
+    outcomes = await asyncio.gather(
+        *(
+            limits.admit(knot=KNOT, repo_did=REPO_DID, repo_name=f"r{i}", actor="did:plc:aaaa", runs=1)
+            for i in range(10)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(outcome is None for outcome in outcomes) == 3
+    assert all(isinstance(o, RateLimitExceeded) for o in outcomes if o is not None)
+
+
+async def test_a_start_refused_for_a_full_queue_gives_its_tokens_back(
+    quota_db: Any, make_settings: Callable[..., Settings]
+) -> None:
+    limits = quota(make_settings, quota_db, actor_runs_per_minute=1, max_queued_runs_per_repo=1)
+    await add_runs(quota_db, name="full", count=1)
+    with pytest.raises(RateLimitExceeded, match="waiting to start"):
+        await limits.admit(knot=KNOT, repo_did=REPO_DID, repo_name="full", actor="did:plc:aaaa", runs=1)
+    await limits.admit(knot=KNOT, repo_did=REPO_DID, repo_name="empty", actor="did:plc:aaaa", runs=1)
