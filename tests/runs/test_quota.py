@@ -4,6 +4,7 @@ pending runs, read from the database (both databases)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -71,7 +72,7 @@ async def add_runs(sessionmaker: Any, *, name: str, count: int, status: Status =
         for _ in range(count):
             pipeline = Pipeline(
                 knot=KNOT,
-                rkey=f"{name}-{status}-{id(object())}-{_}",
+                rkey=f"{name}-{secrets.token_hex(8)}",
                 repo_did=REPO_DID,
                 repo_name=name,
                 sha="a" * 40,
