@@ -172,9 +172,8 @@ class DidResolver:
                 log.warning("serving cached document of %s: %s", did, exc.reason)
                 entry.failed_at = now
                 return entry.document
-            if not isinstance(exc, _Throttled):
-                # The directory may be back soon: remembered no longer than a stale retry waits.
-                self._remember_failure(did, exc, now + min(self.failure_ttl, self.retry_after))
+            # Not remembered: the directory may be back the next moment, and its rate (not this
+            # DID's failure) is what bounds the look-ups while it is down.
             raise
         except ResolutionError as exc:
             # A definite answer (gone, invalid, forbidden) replaces whatever we knew before.
