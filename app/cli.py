@@ -386,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn
 
         from app.main import create_app
+        from app.server import raise_open_files_limit, uvicorn_options
 
         app = create_app(settings)
         # The process serves this app until it exits: what exists now (modules, the app) leaves the
@@ -396,15 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # JSON: uvicorn's own loggers (start-up, errors, access lines) go through the root handler
         # too, rather than through the text handlers of uvicorn's default configuration.
         logging_options: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
+        raise_open_files_limit()
         uvicorn.run(
             app,
             host=settings.listen_host,
             port=settings.listen_port,
             log_level=settings.log_level.lower(),
-            proxy_headers=True,
-            ws_max_size=1 << 20,
-            # Log frames are small and many: compressing each costs more CPU than it saves.
-            ws_per_message_deflate=False,
+            **uvicorn_options(settings),
             **logging_options,
         )
         return 0

@@ -144,6 +144,35 @@ class Settings(BaseSettings):
     retention_batch_rows: int = Field(default=500, ge=1, le=10_000)
     retention_pause_ms: int = Field(default=50, ge=0)
 
+    # -- holding up under abuse (docs/limits.md) --
+    # Runs started per minute (token buckets, per process, bursts up to the same number): by one
+    # actor, and in one repo (knot events included). 0 turns a limit off.
+    actor_runs_per_minute: float = Field(default=30, ge=0)
+    repo_runs_per_minute: float = Field(default=60, ge=0)
+    # Runs of one repo waiting as `pending` (read from the database, so across processes); past
+    # it, new runs of that repo are refused. 0 turns it off.
+    max_queued_runs_per_repo: int = Field(default=50, ge=0)
+    # Seconds a client has to send a request's headers (from its connection, or the end of the
+    # previous response), and then its body; past it the connection is closed (408 when possible).
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    # Live watchers (log/status/event WebSockets and SSE streams) in this process, overall and
+    # per client address; past them a new one is refused (HTTP 503 / 429).
+    max_watchers: int = Field(default=500, ge=1)
+    max_watchers_per_address: int = Field(default=20, ge=1)
+    # A watcher whose client takes no frame for this many seconds (it stopped reading) is closed.
+    stream_send_timeout: float = Field(default=30.0, gt=0)
+    # Events one /events connection may replay from its cursor; it is then closed (4429) with the
+    # cursor to continue from.
+    events_replay_max: int = Field(default=10_000, ge=1)
+    # Events a second that all /events replays of this process share (history is read and encoded
+    # on the event loop: unpaced, 20 replaying clients take the whole process).
+    events_replay_per_second: float = Field(default=500, gt=0)
+    # DID look-ups: a failed resolution is remembered for this many seconds, and each directory
+    # (the PLC, each did:web host) is asked at most this many times a minute for uncached DIDs.
+    did_failure_ttl: float = Field(default=60.0, ge=0)
+    did_lookups_per_minute: float = Field(default=120, gt=0)
+
     @field_validator("hostname")
     @classmethod
     def _check_hostname(cls, value: str) -> str:

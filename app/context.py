@@ -28,6 +28,7 @@ from app.knot.events import KnotEventConsumer
 from app.metrics import Metrics
 from app.repos.service import RegistrationCache
 from app.runs.flows import RunFlows, RunStarter
+from app.runs.quota import RunQuota
 from app.runs.retention import RetentionSweeper
 from app.runs.writer import PipelineWriter
 from app.secrets import service as secrets_service
@@ -49,7 +50,13 @@ class AppContext:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
         self.broker = Broker()
-        self.resolver = DidResolver(http=self.http, plc_url=settings.plc_url, dev=settings.dev)
+        self.resolver = DidResolver(
+            http=self.http,
+            plc_url=settings.plc_url,
+            dev=settings.dev,
+            failure_ttl=settings.did_failure_ttl,
+            lookups_per_minute=settings.did_lookups_per_minute,
+        )
         self.metrics.count_did_cache(lambda: self.resolver)
         # Processes sharing a server database also share the jti ledger; a SQLite file belongs
         # to one `spindle serve`, whose in-memory guard already sees every token.
@@ -72,7 +79,12 @@ class AppContext:
             sessionmaker=self.sessionmaker,
             knot=self.knot,
             registrations=self.registrations,
-            starter=RunStarter(writer=self.writer, broker=self.broker, scheduler=self.scheduler),
+            starter=RunStarter(
+                writer=self.writer,
+                broker=self.broker,
+                scheduler=self.scheduler,
+                quota=RunQuota(settings=settings, sessionmaker=self.sessionmaker),
+            ),
         )
         self.consumer = KnotEventConsumer(
             settings=settings, sessionmaker=self.sessionmaker, knot=self.knot, flows=self.flows

@@ -2,6 +2,7 @@
 
 from app.auth.models import ServiceAuthJti
 from app.database import Base
+from app.engine.models import RepoTurn
 from app.jetstream.models import CollaboratorGrant, JetstreamCursor, SpindleMember
 from app.knot.models import KnotCursor
 from app.repos.models import Repo
@@ -19,6 +20,7 @@ __all__ = [
     "Pipeline",
     "Repo",
     "RepoSecret",
+    "RepoTurn",
     "StatusEvent",
     "WorkflowRun",
 ]

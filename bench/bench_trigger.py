@@ -255,6 +255,10 @@ class Bench:
             "SPINDLE_DATA_DIR": str(self.tmp / name / "data"),
             "SPINDLE_LISTEN": f"127.0.0.1:{port}",
             "SPINDLE_MAX_JOBS": "1",
+            # Throughput of the trigger itself: one actor and repo far past their quotas (docs/limits.md).
+            "SPINDLE_ACTOR_RUNS_PER_MINUTE": "0",
+            "SPINDLE_REPO_RUNS_PER_MINUTE": "0",
+            "SPINDLE_MAX_QUEUED_RUNS_PER_REPO": "0",
         }
         self.servers.append(start_server((PAUSED_ENGINE if paused else "") + SPINDLE_APP, port, env))
         return port, f"did:web:127.0.0.1%3A{port}"

@@ -206,6 +206,9 @@ async def watchers_bench(args: argparse.Namespace, tmp: Path) -> None:
         "SPINDLE_DATA_DIR": str(tmp / "watchers-data"),
         "SPINDLE_LISTEN": f"127.0.0.1:{port}",
         "SPINDLE_LOG_LEVEL": "warning",
+        # Capacity of the streams: every watcher comes from this one address (docs/limits.md).
+        "SPINDLE_MAX_WATCHERS": "100000",
+        "SPINDLE_MAX_WATCHERS_PER_ADDRESS": "100000",
     }
     spindle = start_spindle(port, env)
     lines = int(args.rate * args.seconds)
@@ -313,6 +316,11 @@ async def trigger_bench(args: argparse.Namespace, tmp: Path) -> None:
         "SPINDLE_DATA_DIR": str(tmp / "trigger-data"),
         "SPINDLE_LISTEN": hostname,
         "SPINDLE_LOG_LEVEL": "warning",
+        "SPINDLE_MAX_WATCHERS": "100000",
+        "SPINDLE_MAX_WATCHERS_PER_ADDRESS": "100000",
+        "SPINDLE_ACTOR_RUNS_PER_MINUTE": "0",
+        "SPINDLE_REPO_RUNS_PER_MINUTE": "0",
+        "SPINDLE_MAX_QUEUED_RUNS_PER_REPO": "0",
     }
     spindle = start_spindle(port, env)
     latencies: list[float] = []

@@ -1,21 +1,29 @@
-"""Soak: a real `spindle serve` under a steady trigger rate, good and bad requests mixed, for a minute.
+"""Soak: a real `spindle serve` with honest users, first alone, then beside abusers, in one run.
 
-    .venv/bin/python bench/soak.py [--seconds 60] [--rate 50] [--database sqlite|postgres] [--max-jobs 2]
+    .venv/bin/python bench/soak.py [--seconds 45] [--rate 3] [--database sqlite|postgres]
+                                   [--max-jobs 2] [--no-engine] [--seed-events 100000]
 
-The service is the `spindle` console script in a subprocess (SQLite in its data directory, or a
-throwaway PostgreSQL server with --database postgres); the PLC directory and a git knot (a repo
-with one quick `echo` workflow) run in this process. Requests are sent open-loop at --rate per
-second, each with a freshly minted token:
+The service is the `spindle` console script in a subprocess with its default limits (SQLite in
+its data directory, or a throwaway PostgreSQL server with --database postgres); the PLC
+directory and a git knot run in this process; jobs run in the test Podman engine with its small
+image (tests/support/podman.py), or fail at once with --no-engine. Two phases of --seconds each:
 
-    70 %  a valid trigger (new record key)                 → 200
-    10 %  a bad token (expired, other audience, forged)     → 401
-    10 %  a bad body (branch name as ref, not JSON, ...)    → 400
-    10 %  a repo that is not registered                     → 403
+  quiet     honest users only
+  abused    the same honest users, and beside them (in a separate process, so that the abusers'
+            client work does not slow the honest client's clock):
+              flood      one repo's owner sends 100 triggers a second (--flood-rate)
+              idle       300 sockets that send half a request line and nothing more, reopened
+                         whenever the service closes them
+              watchers   /events WebSockets opened and held from one address, as many as taken
+              replay     20 clients (20 addresses) replaying /events?cursor=0 over the seeded
+                         events, reconnecting whenever closed
+              issuers    50 requests/s with tokens from made-up did:plc issuers
 
-The engine runs every accepted workflow for real (bubblewrap when available); at this rate it
-queues. Printed: throughput, latency percentiles, unexpected answers (any status other than the
-expected one, any 5xx, any timeout or connection error: must be 0, else the exit code is 1), the
-service's resident memory at the start and the end, and how far the queue got.
+Honest users: 10 actors, each with their own repo, sending --rate valid triggers a second in
+all (70 %), with bad tokens, bad bodies and unregistered repos mixed in (10 % each), open loop;
+and a /healthz probe every 100 ms. Printed: honest p50/p99 per phase (the target is an abused p99
+within 2x the quiet one), unexpected answers to honest requests (must be 0, else exit code 1),
+what each abuser got, and how many PLC look-ups the made-up issuers caused.
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import random
+import resource
 import secrets
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,22 +67,25 @@ jobs:
     steps:
       - run: echo "soak run $GITHUB_RUN_ID"
 """
+HONEST_ACTORS = 10
 MIX = [("good", 70), ("bad-token", 10), ("bad-body", 10), ("unregistered", 10)]
-EXPECTED = {"good": 200, "bad-token": 401, "bad-body": 400, "unregistered": 403}
+EXPECTED = {"good": 200, "bad-token": 401, "bad-body": 400, "unregistered": 403, "healthz": 200}
+PHASES = ("quiet", "abused")
+
+
+@dataclass
+class Actor:
+    did: str
+    key: SigningKey
+    repo: str
+    sha: str = ""
 
 
 @dataclass
 class Results:
-    latencies: dict[str, list[float]] = field(default_factory=lambda: {kind: [] for kind, _ in MIX})
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in EXPECTED})
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     unexpected: list[str] = field(default_factory=list)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,66 +95,84 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class Soak:
-    def __init__(
-        self, *, service: SpindleProcess, did: str, knot: str, key: SigningKey, actor: str, sha: str
-    ):
-        self.service = service
-        self.did = did
-        self.knot = knot
-        self.key = key
-        self.actor = actor
-        self.sha = sha
-        self.results = Results()
-        self.stranger = SigningKey.generate("ES256K")
+def raise_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    def body(self, **changes: Any) -> dict[str, Any]:
+
+@dataclass
+class Target:
+    url: str
+    port: int
+    did: str
+    knot: str
+
+    def body(self, actor: Actor, **changes: Any) -> dict[str, Any]:
         body = {
             "knot": self.knot,
             "pipelineRkey": "soak" + secrets.token_hex(8),
-            "actor": self.actor,
-            "repoDid": self.actor,
-            "repoName": "soak",
-            "ref": self.sha,
+            "actor": actor.did,
+            "repoDid": actor.did,
+            "repoName": actor.repo,
+            "ref": actor.sha,
         }
         body.update(changes)
         return body
 
-    def token(self, **kwargs: Any) -> str:
+    def token(self, actor: Actor, **kwargs: Any) -> str:
         kwargs.setdefault("aud", self.did)
-        kwargs.setdefault("key", self.key)
-        key = kwargs.pop("key")
-        return mint(key, iss=self.actor, lxm=TRIGGER_NSID, **kwargs)
+        key = kwargs.pop("key", actor.key)
+        iss = kwargs.pop("iss", actor.did)
+        return mint(key, iss=iss, lxm=TRIGGER_NSID, **kwargs)
+
+
+# -- honest users -------------------------------------------------------------------------------
+
+
+class Honest:
+    def __init__(self, target: Target, actors: list[Actor]) -> None:
+        self.target = target
+        self.actors = actors
+        self.stranger = SigningKey.generate("ES256K")
+        self.results = Results()
 
     def request(self, kind: str) -> tuple[dict[str, str], bytes]:
-        headers = {"content-type": "application/json"}
-        body: Any = self.body()
+        actor = random.choice(self.actors)
+        body: Any = self.target.body(actor)
         if kind == "bad-token":
             now = int(time.time())
             token = random.choice(
                 [
-                    self.token(iat=now - 120, exp=now - 60),
-                    self.token(aud="did:web:someone.else.example"),
-                    self.token(key=self.stranger),
+                    self.target.token(actor, iat=now - 120, exp=now - 60),
+                    self.target.token(actor, aud="did:web:someone.else.example"),
+                    self.target.token(actor, key=self.stranger),
                 ]
             )
         else:
-            token = self.token()
+            token = self.target.token(actor)
         if kind == "bad-body":
-            body = random.choice([self.body(ref="main"), self.body(knot="http://evil/"), "{not json"])
+            body = random.choice(
+                [
+                    self.target.body(actor, ref="main"),
+                    self.target.body(actor, knot="http://evil/"),
+                    "{not json",
+                ]
+            )
         elif kind == "unregistered":
-            body = self.body(repoName="not-registered")
-        headers["authorization"] = f"Bearer {token}"
-        content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        return headers, content
+            body = self.target.body(actor, repoName="not-registered")
+        headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+        return headers, body.encode() if isinstance(body, str) else json.dumps(body).encode()
 
     async def one(self, client: httpx.AsyncClient, kind: str) -> None:
-        headers, content = self.request(kind)
         started = time.perf_counter()
         try:
-            response = await client.post(
-                f"{self.service.url}/xrpc/{TRIGGER_NSID}", content=content, headers=headers
-            )
+            if kind == "healthz":
+                response = await client.get(f"{self.target.url}/healthz")
+            else:
+                headers, content = self.request(kind)
+                response = await client.post(
+                    f"{self.target.url}/xrpc/{TRIGGER_NSID}", content=content, headers=headers
+                )
         except httpx.HTTPError as exc:
             self.results.unexpected.append(f"{kind}: {type(exc).__name__} {exc}")
             return
@@ -149,45 +181,200 @@ class Soak:
         if response.status_code != EXPECTED[kind]:
             self.results.unexpected.append(f"{kind}: {response.status_code} {response.text[:200]}")
 
-    async def run(self, *, seconds: float, rate: float) -> float:
+    async def warm(self) -> None:
+        """One trigger per actor: DID documents and workflow files cached before the clock starts."""
+        actors = self.actors
+        async with httpx.AsyncClient(timeout=30) as client:
+            for actor in actors:
+                self.actors = [actor]
+                await self.one(client, "good")
+        self.actors = actors
+
+    async def run(self, *, seconds: float, rate: float) -> Results:
+        self.results = Results()
         kinds = [kind for kind, weight in MIX for _ in range(weight)]
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=50)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             tasks: list[asyncio.Task[None]] = []
             start = time.perf_counter()
-            sent = 0
+            sent = probes = 0
             while (elapsed := time.perf_counter() - start) < seconds:
-                due = int(elapsed * rate) + 1
-                while sent < due:
+                while sent < int(elapsed * rate) + 1:
                     tasks.append(asyncio.create_task(self.one(client, random.choice(kinds))))
                     sent += 1
-                await asyncio.sleep(max(0.0, (sent / rate) - (time.perf_counter() - start)))
+                while probes < int(elapsed * 10) + 1:
+                    tasks.append(asyncio.create_task(self.one(client, "healthz")))
+                    probes += 1
+                await asyncio.sleep(0.01)
             await asyncio.gather(*tasks)
-            return time.perf_counter() - start
+        return self.results
 
 
-def queue_state(database_url: str) -> Counter[str]:
-    if not database_url.startswith("sqlite"):
-        return Counter()
+# -- abusers (in a child process) ---------------------------------------------------------------
+
+
+async def flood(target: Target, actor: Actor, stop: float, rate: float, tally: Counter[str]) -> None:
+    async def one(client: httpx.AsyncClient) -> None:
+        headers = {"content-type": "application/json", "authorization": f"Bearer {target.token(actor)}"}
+        try:
+            response = await client.post(
+                f"{target.url}/xrpc/{TRIGGER_NSID}", json=target.body(actor), headers=headers
+            )
+            tally[f"flood {response.status_code}"] += 1
+        except httpx.HTTPError as exc:
+            tally[f"flood {type(exc).__name__}"] += 1
+
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=32)) as client:
+        tasks, sent, start = [], 0, time.monotonic()
+        while (now := time.monotonic()) < stop:
+            while sent < int((now - start) * rate) + 1:
+                tasks.append(asyncio.create_task(one(client)))
+                sent += 1
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*tasks)
+
+
+async def idle(target: Target, stop: float, tally: Counter[str]) -> None:
+    async def one() -> None:
+        while time.monotonic() < stop:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+                writer.write(b"GET /hea")
+                tally["idle opened"] += 1
+                answer = await asyncio.wait_for(reader.read(), max(0.1, stop - time.monotonic()))
+                tally["idle closed by the service" + (" (408)" if b" 408 " in answer[:20] else "")] += 1
+                writer.close()
+            except (TimeoutError, OSError):
+                pass
+
+    await asyncio.gather(*(one() for _ in range(300)))
+
+
+async def watchers(target: Target, stop: float, tally: Counter[str]) -> None:
+    held = []
+    while time.monotonic() < stop:
+        try:
+            held.append(await connect(f"ws://127.0.0.1:{target.port}/events", local_addr=("127.0.2.1", 0)))
+            tally["watchers accepted"] += 1
+        except InvalidStatus as exc:
+            tally[f"watchers refused {exc.response.status_code}"] += 1
+            await asyncio.sleep(0.05)
+        except (OSError, WebSocketException):
+            tally["watchers failed"] += 1
+    for websocket in held:
+        await websocket.close()
+
+
+async def replay(target: Target, stop: float, tally: Counter[str], address: str) -> None:
+    while time.monotonic() < stop:
+        try:
+            async with connect(
+                f"ws://127.0.0.1:{target.port}/events?cursor=0", local_addr=(address, 0), max_size=None
+            ) as websocket:
+                while time.monotonic() < stop:
+                    await asyncio.wait_for(websocket.recv(), max(0.1, stop - time.monotonic()))
+                    tally["replay frames"] += 1
+        except ConnectionClosed as exc:
+            tally[f"replay closed {exc.rcvd.code if exc.rcvd else 'abruptly'}"] += 1
+        except InvalidStatus as exc:
+            tally[f"replay refused {exc.response.status_code}"] += 1
+            await asyncio.sleep(0.5)
+        except (TimeoutError, OSError, WebSocketException):
+            pass
+
+
+async def issuers(target: Target, stop: float, tally: Counter[str]) -> None:
+    key = SigningKey.generate("ES256K")
+    async with httpx.AsyncClient(timeout=30) as client:
+        tasks = []
+
+        async def one(did: str) -> None:
+            actor = Actor(did, key, "x")
+            headers = {"content-type": "application/json", "authorization": f"Bearer {target.token(actor)}"}
+            try:
+                response = await client.post(
+                    f"{target.url}/xrpc/{TRIGGER_NSID}", json=target.body(actor), headers=headers
+                )
+                tally[f"issuers {response.status_code}"] += 1
+            except httpx.HTTPError as exc:
+                tally[f"issuers {type(exc).__name__}"] += 1
+
+        while time.monotonic() < stop:
+            made_up = "did:plc:" + "".join(random.choices("abcdefghijklmnopqrstuvwxyz234567", k=24))
+            tasks.append(asyncio.create_task(one(made_up)))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*tasks)
+
+
+ABUSERS = ("flood", "idle", "watchers", "replay", "issuers")
+
+
+def abuse(
+    target: Target, flooder: Actor, seconds: float, which: list[str], flood_rate: float, out: Any
+) -> None:
+    raise_open_files()
+    tally: Counter[str] = Counter()
+
+    async def all_of_them() -> None:
+        stop = time.monotonic() + seconds
+        runs = {
+            "flood": lambda: [flood(target, flooder, stop, flood_rate, tally)],
+            "idle": lambda: [idle(target, stop, tally)],
+            "watchers": lambda: [watchers(target, stop, tally)],
+            "replay": lambda: [replay(target, stop, tally, f"127.0.1.{i + 1}") for i in range(20)],
+            "issuers": lambda: [issuers(target, stop, tally)],
+        }
+        await asyncio.gather(*(coro for name in which for coro in runs[name]()))
+
+    asyncio.run(all_of_them())
+    out.put(dict(tally))
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def seed_events(database_url: str, count: int) -> None:
+    """`count` status events of the first workflow run, for the replaying clients to read."""
     path = database_url.split("///", 1)[1]
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return Counter(
-            dict(db.execute("SELECT status, count(*) FROM workflow_run GROUP BY status").fetchall())
+    with sqlite3.connect(path, timeout=30) as db:
+        (run_id,) = db.execute("SELECT min(id) FROM workflow_run").fetchone()
+        now = time.strftime("%Y-%m-%d %H:%M:%S.000000")
+        db.executemany(
+            "INSERT INTO status_event (workflow_run_id, status, created_at) VALUES (?, 'running', ?)",
+            [(run_id, now)] * count,
         )
+
+
+def report(name: str, results: Results) -> None:
+    good, health = results.latencies["good"], results.latencies["healthz"]
+    print(
+        f"  {name:<7} triggers n={len(good):<4} p50 {percentile(good, 0.5) * 1000:6.1f} ms  "
+        f"p99 {percentile(good, 0.99) * 1000:6.1f} ms   /healthz n={len(health):<4} "
+        f"p50 {percentile(health, 0.5) * 1000:5.1f} ms  p99 {percentile(health, 0.99) * 1000:6.1f} ms   "
+        f"unexpected {len(results.unexpected)}"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--rate", type=float, default=50.0, help="requests per second (open loop)")
+    parser.add_argument("--seconds", type=float, default=45.0, help="length of each phase")
+    parser.add_argument("--rate", type=float, default=3.0, help="honest requests per second (open loop)")
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--max-jobs", type=int, default=2)
+    parser.add_argument("--no-engine", action="store_true", help="no container engine: runs fail at once")
+    parser.add_argument("--seed-events", type=int, default=100_000, help="status events to replay (SQLite)")
+    parser.add_argument(
+        "--flood-rate", type=float, default=100.0, help="the flooding repo's triggers a second"
+    )
+    parser.add_argument("--abusers", default=",".join(ABUSERS), help="which abusers, comma-separated")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service (repeatable)")
     args = parser.parse_args()
     random.seed(1)
+    raise_open_files()
 
     with tempfile.TemporaryDirectory(prefix="spindle-soak-") as tmp_name:
         tmp = Path(tmp_name)
-        pg = None
+        pg = podman = None
         if args.database == "postgres":
             from tests.support.pgserver import PgServer
 
@@ -195,13 +382,25 @@ def main() -> int:
             database_url = pg.database()
         else:
             database_url = f"sqlite+aiosqlite:///{tmp / 'spindle.db'}"
+        if args.no_engine:
+            engine_env = {"SPINDLE_DOCKER_HOST": f"unix://{tmp}/no-engine.sock"}
+        else:
+            from tests.support.podman import PodmanEngine
+
+            podman = PodmanEngine(tmp / "engine").start()
+            engine_env = podman.env()
         plc = FakePlc()
-        key = SigningKey.generate("ES256K")
-        actor = plc.register(key)
+        actors = []
+        for i in range(HONEST_ACTORS + 1):
+            key = SigningKey.generate("ES256K")
+            actors.append(Actor(plc.register(key), key, f"soak{i}"))
+        honest_actors, flooder = actors[:-1], actors[-1]
         try:
             with ServerThread(plc.app) as plc_server, TestKnot(tmp / "knot") as knot:
-                git = knot.create_repo(actor, "soak")
-                sha = git.commit({".github/workflows/echo.yml": WORKFLOW})
+                for actor in actors:
+                    actor.sha = knot.create_repo(actor.did, actor.repo).commit(
+                        {".github/workflows/echo.yml": WORKFLOW}
+                    )
                 port = free_port()
                 hostname = f"127.0.0.1:{port}"
                 service = SpindleProcess(
@@ -214,63 +413,69 @@ def main() -> int:
                         "SPINDLE_DATABASE_URL": database_url,
                         "SPINDLE_MAX_JOBS": str(args.max_jobs),
                         "SPINDLE_LOG_LEVEL": "warning",
+                        **engine_env,
+                        **dict(item.split("=", 1) for item in args.env),
                     },
                     port=port,
                     log=tmp / "serve.log",
                 )
-                service.cli("repo", "add", "--knot", knot.host, "--repo-did", actor, "--name", "soak")
+                for actor in actors:
+                    service.cli(
+                        "repo", "add", "--knot", knot.host, "--repo-did", actor.did, "--name", actor.repo
+                    )
                 service.start()
-                assert service.proc is not None
-                soak = Soak(
-                    service=service,
+                target = Target(
+                    url=service.url,
+                    port=port,
                     did=f"did:web:{hostname.replace(':', '%3A')}",
                     knot=knot.host,
-                    key=key,
-                    actor=actor,
-                    sha=sha,
                 )
+                honest = Honest(target, honest_actors)
                 try:
-                    # One trigger warms the caches (DID document, workflow file) before the clock starts.
-                    asyncio.run(soak.run(seconds=0.5, rate=4))
-                    soak.results = Results()
-                    rss_start = rss_mib(service.proc.pid)
-                    elapsed = asyncio.run(soak.run(seconds=args.seconds, rate=args.rate))
-                    rss_end = rss_mib(service.proc.pid)
-                    queue = queue_state(database_url)
+                    asyncio.run(honest.warm())
+                    if args.database == "sqlite" and args.seed_events:
+                        seed_events(database_url, args.seed_events)
+                    known = set(plc.requests)
+                    quiet = asyncio.run(honest.run(seconds=args.seconds, rate=args.rate))
+                    out: Any = multiprocessing.get_context("fork").Queue()
+                    abuser = multiprocessing.get_context("fork").Process(
+                        target=abuse,
+                        args=(target, flooder, args.seconds, args.abusers.split(","), args.flood_rate, out),
+                    )
+                    abuser.start()
+                    abused = asyncio.run(honest.run(seconds=args.seconds, rate=args.rate))
+                    tally = out.get(timeout=120)
+                    abuser.join(timeout=60)
+                    made_up = [did for did in plc.requests if did not in known and did != flooder.did]
+                    plc_lookups = sum(plc.requests[did] for did in made_up)
                 finally:
                     service.stop()
                     log_tail = service.output()
         finally:
             if pg is not None:
                 pg.destroy()
+            if podman is not None:
+                podman.stop()
 
-    results = soak.results
-    every = [v for values in results.latencies.values() for v in values]
-    answered = sum(results.statuses.values())
-    print(f"soak: {args.seconds:g} s at {args.rate:g}/s on {args.database}, SPINDLE_MAX_JOBS={args.max_jobs}")
-    print(f"  requests answered   {answered} in {elapsed:.1f} s = {answered / elapsed:.1f}/s")
+    engine = "no engine" if args.no_engine else f"Podman, SPINDLE_MAX_JOBS={args.max_jobs}"
+    print(f"soak: 2 x {args.seconds:g} s, honest {args.rate:g}/s + /healthz 10/s, {args.database}, {engine}")
+    report("quiet", quiet)
+    report("abused", abused)
+    ratio = percentile(abused.latencies["good"], 0.99) / percentile(quiet.latencies["good"], 0.99)
+    print(f"  honest trigger p99, abused / quiet: {ratio:.2f}x (target: at most 2x)")
+    print("  abusers got:")
+    for name, count in sorted(tally.items()):
+        print(f"    {name:<40} {count}")
     print(
-        f"  latency (all)       p50 {percentile(every, 0.5) * 1000:.1f} ms, "
-        f"p99 {percentile(every, 0.99) * 1000:.1f} ms, max {max(every) * 1000:.1f} ms"
+        f"  PLC look-ups caused by {sum(tally.get(k, 0) for k in tally if k.startswith('issuers'))} "
+        f"requests from made-up issuers: {plc_lookups}"
     )
-    for kind, _ in MIX:
-        values = results.latencies[kind]
-        print(
-            f"  {kind:<18}  n={len(values):<5} p50 {percentile(values, 0.5) * 1000:.1f} ms, "
-            f"p99 {percentile(values, 0.99) * 1000:.1f} ms, mean {statistics.fmean(values) * 1000:.1f} ms"
-            if values
-            else f"  {kind:<18}  n=0"
-        )
-    print(f"  statuses            {dict(sorted(results.statuses.items()))}")
-    print(f"  unexpected          {len(results.unexpected)}")
-    for line in results.unexpected[:10]:
-        print(f"    {line}")
-    print(f"  service RSS         {rss_start:.0f} MiB at start, {rss_end:.0f} MiB at end")
-    if queue:
-        print(f"  workflow runs       {dict(queue)} (the engine's backlog when the load stopped)")
-    if results.unexpected:
+    unexpected = quiet.unexpected + abused.unexpected
+    for line in unexpected[:10]:
+        print(f"    unexpected: {line}")
+    if unexpected:
         print("service log (tail):\n" + log_tail[-3000:])
-    return 1 if results.unexpected else 0
+    return 1 if unexpected else 0
 
 
 if __name__ == "__main__":

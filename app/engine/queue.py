@@ -7,6 +7,9 @@
     await scheduler.cancel(id)   # pending → cancelled at once; running → killed, then cancelled
     await scheduler.stop()       # kill what runs here; those runs end `failed`
 
+- Fair: each round takes the oldest pending run of each repo, repos with the fewest running runs
+  first, then the repo served longest ago (`next_runs`, RepoTurn), so a repo's flood waits
+  behind itself.
 - Claiming is one conditional UPDATE (`status = pending AND claimed_by IS NULL` → running,
   claimed_by = this instance), so processes sharing a database never run one run twice.
 - At most `settings.max_jobs` runs execute in this process at once; the rest stay pending
@@ -31,7 +34,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Result, or_, select, update
+from sqlalchemy import Result, and_, case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.background import BackgroundLoop
@@ -44,10 +48,11 @@ from app.engine.container.backend import ContainerBackend, deployment_id
 from app.engine.context import RunSpec
 from app.engine.logs import LogSink
 from app.engine.masking import Masker
+from app.engine.models import RepoTurn
 from app.engine.runner import RunOutcome, WorkflowRunner
 from app.knot.client import KnotClient
 from app.metrics import Metrics, seconds_between
-from app.runs.models import Status, WorkflowRun
+from app.runs.models import Pipeline, Status, WorkflowRun
 from app.runs.status import announce, transition
 from app.secrets import service as secrets_service
 from app.secrets.crypto import SecretCipher
@@ -65,6 +70,71 @@ CANCELLED_PENDING = "cancelled before it started"
 # Recording a run's end is retried this often (doubling) while the database is unavailable.
 FINISH_RETRY_START = 0.5
 FINISH_RETRY_MAX = 5.0
+
+
+async def next_runs(session: AsyncSession, *, limit: int) -> list[int]:
+    """The oldest pending run of each repo, in the order repos get their turn: fewest running runs
+    first, then the repo whose last claim (RepoTurn) is oldest or that never had one, then the
+    oldest run. One repo's flood of runs cannot starve another's: each claim sends its repo to the
+    back of the line.
+
+    The groupings read only `pending` and `running` rows (the status index), which the queued-runs
+    cap per repo (app.runs.quota) and SPINDLE_MAX_JOBS per process keep few; turns by primary key.
+    """
+    repo = (Pipeline.knot, Pipeline.repo_did, Pipeline.repo_name)
+    waiting = (
+        select(*repo, func.min(WorkflowRun.id).label("first_id"))
+        .select_from(WorkflowRun)
+        .join(Pipeline, WorkflowRun.pipeline_id == Pipeline.id)
+        .where(WorkflowRun.status == Status.PENDING, WorkflowRun.claimed_by.is_(None))
+        .group_by(*repo)
+        .subquery("waiting")
+    )
+    running = (
+        select(*repo, func.count().label("running"))
+        .select_from(WorkflowRun)
+        .join(Pipeline, WorkflowRun.pipeline_id == Pipeline.id)
+        .where(WorkflowRun.status == Status.RUNNING)
+        .group_by(*repo)
+        .subquery("running")
+    )
+
+    def same_repo(other: Any) -> Any:
+        return and_(
+            other.knot == waiting.c.knot,
+            other.repo_did == waiting.c.repo_did,
+            other.repo_name == waiting.c.repo_name,
+        )
+
+    turn = RepoTurn.__table__.c
+    rows = await session.scalars(
+        select(waiting.c.first_id)
+        .outerjoin(running, same_repo(running.c))
+        .outerjoin(RepoTurn, same_repo(turn))
+        .order_by(
+            func.coalesce(running.c.running, 0),
+            # Never served first (NULLS FIRST, spelled the same on SQLite and PostgreSQL).
+            case((turn.claimed_at.is_(None), 0), else_=1),
+            turn.claimed_at,
+            waiting.c.first_id,
+        )
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def take_turn(session: AsyncSession, *, knot: str, repo_did: str, repo_name: str) -> None:
+    """Send the repo to the back of the line: its last claim is now."""
+    key = (RepoTurn.knot == knot, RepoTurn.repo_did == repo_did, RepoTurn.repo_name == repo_name)
+    now = utcnow()
+    moved = await session.execute(update(RepoTurn).where(*key).values(claimed_at=now))
+    if moved.rowcount == 0:  # type: ignore[attr-defined]
+        session.add(RepoTurn(knot=knot, repo_did=repo_did, repo_name=repo_name, claimed_at=now))
+    try:
+        await session.commit()
+    except IntegrityError:
+        # Another process inserted the repo's first turn at the same moment: as good.
+        await session.rollback()
 
 
 def default_instance_id(settings: Settings) -> str:
@@ -312,26 +382,23 @@ class Scheduler:
                 log.warning("run %d of %s had a stale heartbeat: marked failed", run_id, owner)
 
     async def _claim(self) -> None:
-        free = self.settings.max_jobs - len(self.active)
-        if free <= 0:
-            return
-        async with self.sessionmaker() as session:
-            candidates = list(
-                await session.scalars(
-                    select(WorkflowRun.id)
-                    .where(WorkflowRun.status == Status.PENDING, WorkflowRun.claimed_by.is_(None))
-                    .order_by(WorkflowRun.id)
-                    .limit(free * 2)
-                )
-            )
-        for run_id in candidates:
-            if len(self.active) >= self.settings.max_jobs or self._loop.stopping:
+        """Claim pending runs while slots are free, one per repo per round, fairest first."""
+        while len(self.active) < self.settings.max_jobs and not self._loop.stopping:
+            free = self.settings.max_jobs - len(self.active)
+            async with self.sessionmaker() as session:
+                candidates = await next_runs(session, limit=free * 2)
+            claimed = False
+            for run_id in candidates:
+                if len(self.active) >= self.settings.max_jobs or self._loop.stopping:
+                    return
+                spec = await self._try_claim(run_id)
+                if spec is not None:
+                    claimed = True
+                    active = _Active()
+                    self.active[run_id] = active
+                    active.task = asyncio.create_task(self._execute(spec, active), name=f"run-{run_id}")
+            if not claimed:
                 return
-            spec = await self._try_claim(run_id)
-            if spec is not None:
-                active = _Active()
-                self.active[run_id] = active
-                active.task = asyncio.create_task(self._execute(spec, active), name=f"run-{run_id}")
 
     async def _try_claim(self, run_id: int) -> RunSpec | None:
         """Take one pending run for this instance; None when another process was quicker."""
@@ -348,7 +415,16 @@ class Scheduler:
                 .execution_options(synchronize_session=False)
             )
             run = await self._commit_transition(session, claimed, run_id, Status.RUNNING)
-            return self._spec(run) if run is not None else None
+            if run is None:
+                return None
+            spec = self._spec(run)
+        try:
+            async with self.sessionmaker() as session:
+                await take_turn(session, knot=spec.knot, repo_did=spec.repo_did, repo_name=spec.repo_name)
+        except Exception:
+            # Only the order of later claims depends on it; the run itself is claimed.
+            log.warning("could not record the turn of run %d's repo", run_id, exc_info=True)
+        return spec
 
     def _spec(self, run: WorkflowRun) -> RunSpec:
         pipeline = run.pipeline

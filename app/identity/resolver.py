@@ -35,6 +35,7 @@ from app.identity.exceptions import (
     UnsupportedDid,
 )
 from app.identity.web import IPAddress, is_public_address, parse_did_web
+from app.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ async def system_resolve_host(host: str, port: int) -> list[str]:
         if address not in addresses:
             addresses.append(address)
     return addresses
+
+
+class _Throttled(DirectoryUnavailable):
+    """Not asked: this directory had as many look-ups as it gets a minute (not remembered as a
+    failure of the DID, which may well exist)."""
 
 
 class _ConnectFailed(DirectoryUnavailable):
@@ -76,6 +82,10 @@ class DidResolver:
     served for up to `max_stale` seconds, retrying every `retry_after` seconds rather than on every
     request. `resolve(did, force_refresh=True)` re-fetches at once (key rotation), at most once per
     `refresh_interval` per DID after the first.
+
+    Strangers choose the issuers: a DID that failed to resolve is answered from memory for
+    `failure_ttl` seconds, and each directory gets at most `lookups_per_minute` look-ups of DIDs
+    not cached (past that, a cached document is served stale, and an unknown DID fails at once).
     """
 
     def __init__(
@@ -93,6 +103,11 @@ class DidResolver:
         timeout: float = 5.0,
         max_document_bytes: int = 64 * 1024,
         max_concurrent_fetches: int = 32,
+        # A DID that failed to resolve is not asked about again for this long (anyone can send a
+        # token naming made-up issuers, each of which would otherwise cost a look-up).
+        failure_ttl: float = 60.0,
+        # Uncached look-ups per minute of each directory: the PLC, each did:web host.
+        lookups_per_minute: float = 120.0,
         allow_private_addresses: bool | None = None,
         address_allowed: Callable[[IPAddress], bool] = is_public_address,
         resolve_host: HostResolver = system_resolve_host,
@@ -118,6 +133,9 @@ class DidResolver:
         # Lookups answered from the cache, and those that fetched (spindle_did_cache_requests_total).
         self.hits = 0
         self.misses = 0
+        self.failure_ttl = failure_ttl
+        self._failures: OrderedDict[str, tuple[ResolutionError, float]] = OrderedDict()
+        self._directories = TokenBuckets(per_minute=lookups_per_minute, max_keys=max_entries, clock=clock)
 
     def fresh(self, did: str) -> DidDocument | None:
         """The cached document of `did` when `resolve` would answer it without a lookup, else None
@@ -152,6 +170,7 @@ class DidResolver:
                 return entry.document
         else:
             self._check_syntax(did)
+            self._check_failures(did, now)
         self.misses += 1
         try:
             return await self._fetch_once(did)
@@ -160,11 +179,45 @@ class DidResolver:
                 log.warning("serving cached document of %s: %s", did, exc.reason)
                 entry.failed_at = now
                 return entry.document
+            # Not remembered: the directory may be back the next moment, and its rate (not this
+            # DID's failure) is what bounds the look-ups while it is down.
             raise
-        except ResolutionError:
+        except ResolutionError as exc:
             # A definite answer (gone, invalid, forbidden) replaces whatever we knew before.
             self._cache.pop(did, None)
+            self._remember_failure(did, exc, now + self.failure_ttl)
             raise
+
+    def _check_failures(self, did: str, now: float) -> None:
+        """Raise the failure of `did` again, without a look-up, while it is remembered."""
+        failed = self._failures.get(did)
+        if failed is None:
+            return
+        error, until = failed
+        if now >= until:
+            del self._failures[did]
+            return
+        # metric: DID look-ups answered from the failure cache
+        raise type(error)(did, error.reason)
+
+    def _remember_failure(self, did: str, error: ResolutionError, until: float) -> None:
+        if self.failure_ttl <= 0:
+            return
+        self._failures.pop(did, None)
+        self._failures[did] = (error, until)
+        while len(self._failures) > self.max_entries:
+            self._failures.popitem(last=False)
+
+    def _directory(self, did: str) -> str:
+        """Whom a look-up of `did` asks: the PLC directory, or the did:web host's domain (its last
+        two labels, or its IP address: made-up subdomains of one victim share one rate)."""
+        if did.startswith("did:plc:"):
+            return self.plc_url
+        host = parse_did_web(did)[0].lower().rstrip(".")
+        try:
+            return str(ipaddress.ip_address(host.strip("[]")))
+        except ValueError:
+            return ".".join(host.rsplit(".", 2)[-2:])
 
     def _check_syntax(self, did: str) -> None:
         if did.startswith("did:plc:"):
@@ -180,6 +233,11 @@ class DidResolver:
         # (a client disconnecting) does not cancel it for the others.
         task = self._inflight.get(did)
         if task is None:
+            directory = self._directory(did)
+            wait = self._directories.take(directory)
+            if wait > 0:
+                # metric: DID look-ups refused by the per-directory rate
+                raise _Throttled(did, f"too many look-ups at {directory}; not asked again for {wait:.0f} s")
             task = asyncio.get_running_loop().create_task(self._fetch(did))
             self._inflight[did] = task
             task.add_done_callback(partial(self._fetch_done, did))

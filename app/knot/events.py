@@ -49,7 +49,7 @@ from app.repos import service as repo_service
 from app.runs import flows as run_flows
 from app.runs.schemas import COMMIT_RE, MAX_INPUTS, MAX_INPUTS_BYTES
 from app.workflows.inputs import INPUT_NAME_RE, MAX_INPUT_NAME
-from app.xrpc.errors import InvalidRequest, UpstreamFailure
+from app.xrpc.errors import InvalidRequest, RateLimitExceeded, UpstreamFailure
 from app.xrpc.lexicon import FORMATS
 
 log = logging.getLogger(__name__)
@@ -457,6 +457,9 @@ class KnotEventConsumer:
                 break
             except InvalidRequest as exc:
                 raise SkipEvent(exc.message) from None
+            except RateLimitExceeded as exc:
+                # No one waits for an answer: the event is logged and nothing is recorded.
+                raise SkipEvent(f"refused: {exc.message}") from None
             except UpstreamFailure as exc:
                 if attempt == UPSTREAM_ATTEMPTS:
                     raise SkipEvent(f"the knot failed {attempt} times: {exc.message}") from None

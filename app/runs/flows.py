@@ -7,6 +7,8 @@
     pull_request()    a `sh.tangled.repo.pull` record (app.jetstream.pulls): the workflows at the
                       source commit whose `on: pull_request` filters match the target branch
 
+RunStarter.start checks the quotas (app.runs.quota) of every one of them before recording.
+
 Each flow checks what its way of starting requires, plans the runs (service.plan_runs) and hands
 the pipeline to RunStarter.start: recorded exactly once (writer.py), its `pending` runs announced
 after the commit, the engine woken. A pipeline that was already recorded starts nothing again.
@@ -37,13 +39,14 @@ from app.repos.models import Repo
 from app.repos.service import RegistrationCache, Rights
 from app.runs import schemas, service
 from app.runs.models import Pipeline
+from app.runs.quota import RunQuota
 from app.runs.schemas import TriggerInput
 from app.runs.status import announce_pipeline
 from app.runs.writer import NewPipeline, PipelineWriter, PlannedRun, StoredPipeline
 from app.streams.broker import Broker
 from app.workflows.triggers import Triggers
 from app.workflows.workflow import WORKFLOW_SUFFIXES, WorkflowFile, parse_workflow, workflow_stem
-from app.xrpc.errors import Forbidden, InvalidRequest
+from app.xrpc.errors import Forbidden, InvalidRequest, RateLimitExceeded
 
 if TYPE_CHECKING:
     from app.engine.queue import Scheduler
@@ -127,6 +130,7 @@ class RunStarter:
     writer: PipelineWriter
     broker: Broker
     scheduler: Scheduler
+    quota: RunQuota | None = None
 
     async def start(
         self,
@@ -142,7 +146,23 @@ class RunStarter:
         tid: str | None = None,
     ) -> StoredPipeline:
         """The stored pipeline; `created` is False when (knot, rkey) was already recorded, and
-        then nothing is announced or started. `tid` is its CI API id (default: a new TID)."""
+        then nothing is announced or started. `tid` is its CI API id (default: a new TID).
+        RateLimitExceeded (app.runs.quota) when the actor or the repo is over its limits: nothing
+        is recorded."""
+        if self.quota is not None:
+            try:
+                await self.quota.admit(
+                    knot=repo.knot,
+                    repo_did=repo.repo_did,
+                    repo_name=repo.repo_name,
+                    actor=actor,
+                    runs=len(runs),
+                )
+            except RateLimitExceeded:
+                # A retry of a pipeline already recorded gets its answer, whatever the limits say now.
+                async with self.quota.sessionmaker() as session:
+                    if await service.find_pipeline(session=session, knot=repo.knot, rkey=rkey) is None:
+                        raise
         stored = await self.writer.record(
             NewPipeline(
                 knot=repo.knot,

@@ -23,20 +23,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.requests import HTTPConnection
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from app.context import AppContext
 from app.deps import CtxDep
+from app.ratelimit import TokenBuckets
 from app.runs import service as runs_service
 from app.runs.models import Status, WorkflowRun
 from app.streams import page, service, watch
 from app.streams.feeds import Feeds
+from app.streams.limits import WatcherSlots
 from app.xrpc.errors import InvalidRequest, NotFound, XrpcError
 
 router = APIRouter(tags=["streams"])
@@ -58,6 +62,56 @@ def get_feeds(ctx: CtxDep) -> Feeds:
 FeedsDep = Annotated[Feeds, Depends(get_feeds)]
 
 
+def get_slots(ctx: CtxDep) -> WatcherSlots:
+    """This process's watcher caps (SPINDLE_MAX_WATCHERS, SPINDLE_MAX_WATCHERS_PER_ADDRESS)."""
+    slots = ctx.extras.get("watcher_slots")
+    if slots is None:
+        slots = ctx.extras["watcher_slots"] = WatcherSlots(
+            total=ctx.settings.max_watchers, per_address=ctx.settings.max_watchers_per_address
+        )
+    return slots  # type: ignore[no-any-return]
+
+
+SlotsDep = Annotated[WatcherSlots, Depends(get_slots)]
+
+
+def _replay_budget(ctx: AppContext) -> TokenBuckets:
+    """Events a second all /events replays of this process share (SPINDLE_EVENTS_REPLAY_PER_SECOND)."""
+    budget = ctx.extras.get("events_replay_budget")
+    if budget is None:
+        rate = ctx.settings.events_replay_per_second
+        budget = ctx.extras["events_replay_budget"] = TokenBuckets(per_minute=rate * 60, burst=rate)
+    return budget  # type: ignore[no-any-return]
+
+
+def _address(connection: HTTPConnection) -> str | None:
+    return connection.client.host if connection.client else None
+
+
+class WatcherStream(StreamingResponse):
+    """An SSE stream that holds a watcher slot until it ends, and ends when its client stops
+    taking what it is sent for `send_timeout` seconds."""
+
+    def __init__(
+        self, content: Any, *, slot: contextlib.ExitStack, send_timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self.slot = slot
+        self.send_timeout = send_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def timed_send(message: Message) -> None:
+            async with asyncio.timeout(self.send_timeout):
+                await send(message)
+
+        with self.slot:
+            try:
+                await super().__call__(scope, receive, timed_send)
+            except TimeoutError:
+                # metric: streams closed because their client stopped reading
+                return
+
+
 def _no_run(knot: str, rkey: str, workflow: str) -> NotFound:
     return NotFound(f"no workflow {workflow!r} in pipeline {rkey!r} of knot {knot!r}")
 
@@ -77,14 +131,37 @@ async def _deny(websocket: WebSocket, error: XrpcError) -> None:
     await websocket.close(code=4000 + error.status_code, reason=error.message[:120])
 
 
-async def _serve(websocket: WebSocket, frames: AsyncGenerator[str, None], *, reason: str) -> None:
-    """Send `frames`, then close normally; stop as soon as the client goes away."""
+def _hold_slot(websocket: WebSocket, slots: WatcherSlots, stack: contextlib.ExitStack) -> XrpcError | None:
+    """Take a watcher slot into `stack`; the error to refuse the handshake with when none is free."""
+    try:
+        stack.enter_context(slots.hold(_address(websocket)))
+    except XrpcError as exc:
+        return exc
+    return None
+
+
+async def _serve(
+    websocket: WebSocket,
+    frames: AsyncGenerator[str, None],
+    *,
+    reason: str,
+    send_timeout: float,
+    close_with: Callable[[], tuple[int, str]] | None = None,
+) -> None:
+    """Send `frames`, then close normally; stop as soon as the client goes away, or when it takes no
+    frame for `send_timeout` seconds (it stopped reading: its frames would pile up here)."""
 
     async def pump() -> None:
         async with contextlib.aclosing(frames):
             async for frame in frames:
-                await websocket.send_text(frame)
-        await websocket.close(code=1000, reason=reason)
+                try:
+                    async with asyncio.timeout(send_timeout):
+                        await websocket.send_text(frame)
+                except TimeoutError:
+                    # metric: streams closed because their client stopped reading
+                    return
+        code, why = close_with() if close_with is not None else (1000, reason)
+        await websocket.close(code=code, reason=why)
 
     async def client_gone() -> None:
         # What the client sends is ignored; reading is how a disconnect is noticed.
@@ -111,7 +188,18 @@ async def _serve(websocket: WebSocket, frames: AsyncGenerator[str, None], *, rea
 
 @router.websocket("/logs/{knot}/{rkey}/{workflow}")
 async def logs_socket(
-    websocket: WebSocket, knot: str, rkey: str, workflow: str, ctx: CtxDep, feeds: FeedsDep
+    websocket: WebSocket, knot: str, rkey: str, workflow: str, ctx: CtxDep, feeds: FeedsDep, slots: SlotsDep
+) -> None:
+    with contextlib.ExitStack() as slot:
+        refused = _hold_slot(websocket, slots, slot)
+        if refused is not None:
+            await _deny(websocket, refused)
+            return
+        await _logs_socket(websocket, knot, rkey, workflow, ctx, feeds)
+
+
+async def _logs_socket(
+    websocket: WebSocket, knot: str, rkey: str, workflow: str, ctx: AppContext, feeds: Feeds
 ) -> None:
     run = await _find_run(ctx, knot, rkey, workflow)
     if run is None:
@@ -127,7 +215,9 @@ async def logs_socket(
                     yield service.encode_log_line(item)
 
     with ctx.metrics.watching("logs"):
-        await _serve(websocket, frames(), reason="log stream complete")
+        await _serve(
+            websocket, frames(), reason="log stream complete", send_timeout=ctx.settings.stream_send_timeout
+        )
 
 
 @router.get("/logs/{knot}/{rkey}/{workflow}", response_class=PlainTextResponse)
@@ -172,9 +262,25 @@ def _sse(item: Mapping[str, Any]) -> str:
 
 
 async def _status_stream(
-    ctx: AppContext, feeds: Feeds, runs: Sequence[WorkflowRun], last_event_id: str | None
+    request: Request, ctx: AppContext, feeds: Feeds, runs: Sequence[WorkflowRun], last_event_id: str | None
 ) -> Response:
     """`runs`' transitions as Server-Sent Events: now (or after Last-Event-ID), then live, to the end."""
+    slot = contextlib.ExitStack()
+    slot.enter_context(get_slots(ctx).hold(_address(request)))  # refused: 429 / 503, nothing held
+    try:
+        return await _status_events(ctx, feeds, runs, last_event_id, slot)
+    except BaseException:
+        slot.close()
+        raise
+
+
+async def _status_events(
+    ctx: AppContext,
+    feeds: Feeds,
+    runs: Sequence[WorkflowRun],
+    last_event_id: str | None,
+    slot: contextlib.ExitStack,
+) -> Response:
     run_ids = [run.id for run in runs]
     resume = _last_event_id(last_event_id)
     if resume is not None and all(Status(run.status).is_finished for run in runs):
@@ -182,6 +288,7 @@ async def _status_stream(
             latest = await service.latest_status_items(session=session, run_ids=run_ids)
         if resume >= max((int(item["id"]) for item in latest), default=0):
             # An EventSource reconnects after the stream ends; 204 tells it there is nothing more.
+            slot.close()
             return Response(status_code=204)
 
     async def stream() -> AsyncGenerator[str, None]:
@@ -192,8 +299,10 @@ async def _status_stream(
                 async for batch in batches:
                     yield "".join(_sse(item) for item in batch) if batch else ": keep-alive\n\n"
 
-    return StreamingResponse(
+    return WatcherStream(
         stream(),
+        slot=slot,
+        send_timeout=ctx.settings.stream_send_timeout,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -214,7 +323,7 @@ async def pipeline_status(
     if pipeline is None:
         raise NotFound(f"no pipeline {rkey!r} of knot {knot!r}")
     if _wants_event_stream(request.headers.get("accept")):
-        return await _status_stream(ctx, feeds, pipeline.workflow_runs, last_event_id)
+        return await _status_stream(request, ctx, feeds, pipeline.workflow_runs, last_event_id)
     async with ctx.sessionmaker() as session:
         workflows = await service.status_documents(
             session=session, settings=ctx.settings, pipeline=pipeline, runs=pipeline.workflow_runs
@@ -237,7 +346,7 @@ async def run_status(
     if run is None:
         raise _no_run(knot, rkey, workflow)
     if _wants_event_stream(request.headers.get("accept")):
-        return await _status_stream(ctx, feeds, [run], last_event_id)
+        return await _status_stream(request, ctx, feeds, [run], last_event_id)
     async with ctx.sessionmaker() as session:
         (doc,) = await service.status_documents(
             session=session, settings=ctx.settings, pipeline=run.pipeline, runs=[run]
@@ -260,25 +369,56 @@ def _cursor(raw: str | None) -> int | None:
 
 
 @router.websocket("/events")
-async def events_socket(websocket: WebSocket, ctx: CtxDep, feeds: FeedsDep) -> None:
+async def events_socket(websocket: WebSocket, ctx: CtxDep, feeds: FeedsDep, slots: SlotsDep) -> None:
     try:
         cursor = _cursor(websocket.query_params.get("cursor"))
     except InvalidRequest as exc:
         await _deny(websocket, exc)
         return
-    following = watch.follow_events(feeds=feeds, cursor=cursor)
+    with contextlib.ExitStack() as slot:
+        refused = _hold_slot(websocket, slots, slot)
+        if refused is not None:
+            await _deny(websocket, refused)
+            return
+        await _events_socket(websocket, ctx, feeds, cursor)
+
+
+async def _events_socket(websocket: WebSocket, ctx: AppContext, feeds: Feeds, cursor: int | None) -> None:
+    replay_max = ctx.settings.events_replay_max
+    following = watch.follow_events(
+        feeds=feeds, cursor=cursor, replay_max=replay_max, replay_budget=_replay_budget(ctx)
+    )
     async with following as batches:
         # Accepted only once subscribed: whatever happens after the handshake is sent.
         await websocket.accept()
+        limit: list[watch.ReplayLimitReached] = []
 
         async def frames() -> AsyncGenerator[str, None]:
-            async with contextlib.aclosing(batches):
-                async for batch in batches:
-                    for item in batch:
-                        yield json.dumps(service.event_frame(item), ensure_ascii=False)
+            try:
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        for item in batch:
+                            yield json.dumps(service.event_frame(item), ensure_ascii=False)
+            except watch.ReplayLimitReached as exc:
+                limit.append(exc)
+
+        def close_with() -> tuple[int, str]:
+            if not limit:
+                return 1000, "event stream ended"
+            # 4000 + 429, as _deny closes: reconnecting from `cursor` continues where this ended.
+            return (
+                4429,
+                f"replay limit of {replay_max} events reached; reconnect with cursor={limit[0].cursor}",
+            )
 
         with ctx.metrics.watching("events"):
-            await _serve(websocket, frames(), reason="event stream ended")
+            await _serve(
+                websocket,
+                frames(),
+                reason="event stream ended",
+                send_timeout=ctx.settings.stream_send_timeout,
+                close_with=close_with,
+            )
 
 
 # --- run page ----------------------------------------------------------------------------

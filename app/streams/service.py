@@ -33,6 +33,7 @@ from app.engine.logs import SYSTEM, USER, line_payload
 from app.runs import service as runs_service
 from app.runs.models import LogLine, Pipeline, Status, StatusEvent, WorkflowRun
 from app.runs.status import event_payload
+from app.runs.status import payload as status_payload
 
 PAGE_SIZE = 1000
 STATUS_NSID = "sh.tangled.pipeline.status"
@@ -147,6 +148,42 @@ async def status_items_after(
         query = query.where(StatusEvent.workflow_run_id.in_(run_ids))
     result = await session.execute(query)
     return [event_payload(run, event) for event, run in result.all()]
+
+
+async def events_after(*, session: AsyncSession, after: int, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` transitions of every run with id > `after`, oldest first: what
+    status_items_after gives, read as plain columns (no ORM objects), for replaying /events."""
+    rows = await session.execute(
+        select(
+            StatusEvent.id,
+            StatusEvent.status,
+            StatusEvent.error,
+            StatusEvent.exit_code,
+            StatusEvent.created_at,
+            WorkflowRun.id.label("run_id"),
+            WorkflowRun.name,
+            Pipeline.knot,
+            Pipeline.rkey,
+        )
+        .join(WorkflowRun, StatusEvent.workflow_run_id == WorkflowRun.id)
+        .join(Pipeline, WorkflowRun.pipeline_id == Pipeline.id)
+        .where(StatusEvent.id > after)
+        .order_by(StatusEvent.id)
+        .limit(limit)
+    )
+    return [
+        status_payload(
+            row,  # knot and rkey: what names the pipeline
+            row.run_id,
+            row.name,
+            event_id=row.id,
+            status=row.status,
+            created_at=row.created_at,
+            error=row.error,
+            exit_code=row.exit_code,
+        )
+        for row in rows
+    ]
 
 
 async def all_status_items(*, session: AsyncSession, run_ids: Sequence[int]) -> list[dict[str, Any]]:

@@ -9,12 +9,14 @@ broker; it then resubscribes and catches up from the database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.ratelimit import TokenBuckets
 from app.streams import feeds as feeds_
 from app.streams import service
 from app.streams.broker import EVENTS_TOPIC, Broker, Subscription
@@ -55,17 +57,35 @@ def _as_list(item: Any) -> list[Mapping[str, Any]]:
     return item if isinstance(item, list) else [item]
 
 
+# /events replays history in pages this small: each page is read and encoded in one go on the
+# event loop, and a client replaying from cursor=0 should not hold the loop for long at a time.
+EVENTS_REPLAY_PAGE = 100
+REPLAY_BUDGET_KEY = "events replay"
+
+
+class ReplayLimitReached(Exception):
+    """An /events connection replayed as many events as one may; `cursor` is the last one sent."""
+
+    def __init__(self, cursor: int) -> None:
+        super().__init__(f"replay limit reached at cursor {cursor}")
+        self.cursor = cursor
+
+
 async def _pages(
-    sessionmaker: async_sessionmaker[AsyncSession], seen: service.SeenIds, read: feeds_.Reader
+    sessionmaker: async_sessionmaker[AsyncSession],
+    seen: service.SeenIds,
+    read: feeds_.Reader,
+    page_size: int = service.PAGE_SIZE,
 ) -> AsyncGenerator[Batch, None]:
-    """Pages of rows not seen yet; each read in a short session, none held while the caller sends."""
+    """Pages of rows not seen yet; each read in a short session, none held while the caller sends
+    (the next page is read only once the caller has sent this one: the socket sets the pace)."""
     while True:
         async with sessionmaker() as session:
             items = await read(session, seen.floor)
         fresh = seen.fresh(items)
         if fresh:
             yield fresh
-        if len(items) < service.PAGE_SIZE:
+        if len(items) < page_size:
             return
 
 
@@ -196,11 +216,16 @@ async def follow_events(
     *,
     feeds: feeds_.Feeds,
     cursor: int | None,
+    replay_max: int | None = None,
+    replay_budget: TokenBuckets | None = None,
 ) -> AsyncIterator[AsyncGenerator[Batch, None]]:
     """Every transition of every run after `cursor` (an event id, or Unix nanoseconds), then live.
 
     Without a cursor only transitions after entering are sent, as Tangled's spindle does; entering
     subscribes and fixes that point, so callers enter before telling a client it is connected.
+    The replay of history is read in pages of EVENTS_REPLAY_PAGE; past `replay_max` replayed
+    transitions the generator raises ReplayLimitReached (the client continues from its cursor).
+    `replay_budget` paces the pages of every replay sharing it (events a second).
     """
     topics = _Topics(feeds.broker, EVENTS_TOPIC)
     try:
@@ -212,16 +237,56 @@ async def follow_events(
                 start = await service.event_id_before(session=session, since=since)
             else:
                 start = cursor
-        yield _events(feeds=feeds, topics=topics, start=start)
+        yield _events(
+            feeds=feeds, topics=topics, start=start, replay_max=replay_max, replay_budget=replay_budget
+        )
     finally:
         topics.close()
 
 
-async def _events(*, feeds: feeds_.Feeds, topics: _Topics, start: int) -> AsyncGenerator[Batch, None]:
+async def _events(
+    *,
+    feeds: feeds_.Feeds,
+    topics: _Topics,
+    start: int,
+    replay_max: int | None,
+    replay_budget: TokenBuckets | None,
+) -> AsyncGenerator[Batch, None]:
     seen = service.SeenIds(start, lookback=feeds_.EVENTS_LOOKBACK)
     spec = feeds_.events_feed()
-    async for batch in _pages(feeds.sessionmaker, seen, spec.read):
-        yield batch
+
+    async def history() -> AsyncGenerator[Batch, None]:
+        # Far below the newest id everything is committed: page through it after the last id
+        # read (a floor `lookback` below it would re-read most of a small page), then read the
+        # last stretch from the floor, as the live part does.
+        while True:
+            if replay_budget is not None:
+                # Every replaying connection of the process shares one rate: each waits its turn.
+                while (wait := replay_budget.take(REPLAY_BUDGET_KEY, EVENTS_REPLAY_PAGE)) > 0:
+                    await asyncio.sleep(wait)
+            async with feeds.sessionmaker() as session:
+                items = await service.events_after(session=session, after=seen.last, limit=EVENTS_REPLAY_PAGE)
+            fresh = seen.fresh(items)
+            if fresh:
+                yield fresh
+            if len(items) < EVENTS_REPLAY_PAGE:
+                break
+        async for batch in _pages(feeds.sessionmaker, seen, spec.read):
+            yield batch
+
+    replayed, last_sent = 0, start
+    async with contextlib.aclosing(history()) as batches:
+        async for batch in batches:
+            if replay_max is not None and replayed + len(batch) > replay_max:
+                batch = batch[: replay_max - replayed]
+                if batch:
+                    yield batch
+                    last_sent = int(batch[-1]["id"])
+                # metric: /events replays stopped at their bound
+                raise ReplayLimitReached(last_sent)
+            replayed += len(batch)
+            last_sent = int(batch[-1]["id"])
+            yield batch
     with feeds.hold(spec, after=seen.last):
         while True:
             entry = await topics.next()

@@ -8,6 +8,7 @@ XrpcError
 │            | BadJwtAudience | BadJwtLexiconMethod
 ├── Forbidden (403)
 ├── NotFound (404)
+├── RateLimitExceeded (429, Retry-After)
 ├── MethodNotImplemented (501)
 ├── UpstreamFailure (502)
 └── ServiceUnavailable (503, Retry-After)   also what a database outage becomes (see below)
@@ -16,6 +17,7 @@ XrpcError
 from __future__ import annotations
 
 import logging
+import math
 import socket
 
 import asyncpg
@@ -82,6 +84,18 @@ class Forbidden(XrpcError, status=403):
 
 class NotFound(XrpcError, status=404):
     """No run, pipeline or record under the names asked for."""
+
+
+class RateLimitExceeded(XrpcError, status=429):
+    """Too many runs started, or waiting, for an actor or a repo: nothing was done, try again after
+    `retry_after` seconds (the atproto services' answer to a rate limit)."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class MethodNotImplemented(XrpcError, status=501):

@@ -10,10 +10,10 @@ import aiodocker
 
 from app.database import utcnow
 from app.engine.container.backend import LABEL_DEPLOYMENT, LABEL_RUN, deployment_id
-from app.engine.queue import CANCELLED_PENDING, RESTART_ERROR, SHUTDOWN_ERROR
+from app.engine.queue import CANCELLED_PENDING, RESTART_ERROR, SHUTDOWN_ERROR, next_runs, take_turn
 from app.runs.models import Status
 from app.streams.broker import EVENTS_TOPIC, logs_topic
-from tests.engine.conftest import Harness
+from tests.engine.conftest import REPO_DID, Harness
 from tests.support.podman import PodmanEngine, touch_in_jobs
 
 SLEEPER = """
@@ -295,3 +295,55 @@ async def test_independent_jobs_of_a_run_run_at_the_same_time(
     run = await harness.wait(run_id)
     assert run.status is Status.SUCCESS, run.error
     assert "after-both" in await harness.output(run_id)
+
+
+async def test_next_runs_take_the_oldest_run_of_each_repo_before_a_second_of_any(
+    any_db_harness: Harness,
+) -> None:
+    harness = any_db_harness
+    flood = [await harness.add_run(ECHO, repo_name="flood") for _ in range(5)]
+    honest = await harness.add_run(ECHO, repo_name="honest")
+    async with harness.sessionmaker() as session:
+        assert await next_runs(session, limit=10) == [flood[0], honest]
+
+
+async def test_next_runs_put_a_repo_with_nothing_running_before_one_already_running(
+    any_db_harness: Harness,
+) -> None:
+    harness = any_db_harness
+    await harness.add_run(ECHO, repo_name="flood", status=Status.RUNNING, claimed_by="elsewhere")
+    flood = [await harness.add_run(ECHO, repo_name="flood") for _ in range(3)]
+    honest = await harness.add_run(ECHO, repo_name="honest")
+    async with harness.sessionmaker() as session:
+        assert await next_runs(session, limit=10) == [honest, flood[0]]
+
+
+async def test_next_runs_put_a_repo_never_served_before_one_served_just_now(any_db_harness: Harness) -> None:
+    harness = any_db_harness
+    flood = [await harness.add_run(ECHO, repo_name="flood") for _ in range(3)]
+    honest = await harness.add_run(ECHO, repo_name="honest")
+    async with harness.sessionmaker() as session:
+        await take_turn(session, knot="knot.example.com", repo_did=REPO_DID, repo_name="flood")
+    async with harness.sessionmaker() as session:
+        assert await next_runs(session, limit=10) == [honest, flood[0]]
+    async with harness.sessionmaker() as session:
+        await take_turn(session, knot="knot.example.com", repo_did=REPO_DID, repo_name="honest")
+    async with harness.sessionmaker() as session:
+        assert await next_runs(session, limit=10) == [flood[0], honest]
+
+
+async def test_a_flooding_repo_does_not_starve_the_run_of_another_repo(
+    harness: Harness, podman_engine: PodmanEngine
+) -> None:
+    flood = [await harness.add_run(GATED, repo_name="flood") for _ in range(4)]
+    honest = await harness.add_run(ECHO, repo_name="honest")
+    deployment = deployment_id(harness.settings())
+    # One slot: the first flood run takes it; when it ends, the other repo's run is next.
+    await harness.started(max_jobs=1, poll_interval=0.05)
+    await harness.wait_output(flood[0], "waiting")
+    assert await touch_in_jobs(podman_engine.url, flood[0], RELEASE, deployment=deployment) == 1
+    assert (await harness.wait(honest)).status is Status.SUCCESS
+    honest_started = next(e.id for e in await harness.events(honest) if e.status is Status.RUNNING)
+    for run_id in flood[1:]:
+        started = [e.id for e in await harness.events(run_id) if e.status is Status.RUNNING]
+        assert all(event_id > honest_started for event_id in started)

@@ -14,12 +14,14 @@ from app.identity.exceptions import (
     DirectoryUnavailable,
     ForbiddenHost,
     InvalidDidDocument,
+    ResolutionError,
     UnsupportedDid,
 )
 from app.identity.keys import ES256, ES256K, P256Key, Secp256k1Key
 from tests.support.clock import ManualClock
 from tests.support.didweb import DidWebHost
 from tests.support.keys import SigningKey, did_document
+from tests.support.servers import free_port
 from tests.support.tls import self_signed, trusting
 
 
@@ -173,6 +175,7 @@ async def test_a_did_that_disappears_is_dropped_from_the_cache(plc, make_resolve
     with pytest.raises(DidNotFound):
         await resolver.resolve(did)
     plc.register(SigningKey.generate(), did=did)
+    clock.advance(61)  # past the failure's time in the negative cache
     await resolver.resolve(did)
     assert plc.requests[did] == 3
 
@@ -460,3 +463,79 @@ async def test_refuses_a_pinned_https_host_whose_certificate_is_for_another_name
             with pytest.raises(DirectoryUnavailable, match="cannot connect to did-host.test"):
                 await resolver.resolve(did)
     assert host.requests == []
+
+
+# failures and made-up issuers
+
+
+async def test_a_did_that_failed_is_not_asked_about_again_until_its_failure_expires(plc, make_resolver):
+    clock = ManualClock()
+    did = "did:plc:" + "m" * 24
+    resolver = make_resolver(clock=clock, failure_ttl=60)
+    for _ in range(5):
+        with pytest.raises(DidNotFound, match="HTTP 404"):
+            await resolver.resolve(did)
+    assert plc.requests[did] == 1
+    clock.advance(61)
+    with pytest.raises(DidNotFound):
+        await resolver.resolve(did)
+    assert plc.requests[did] == 2
+
+
+async def test_a_directory_that_was_down_is_asked_again_at_once(plc, make_resolver, down):
+    did = plc.register(SigningKey.generate())
+    resolver = make_resolver(failure_ttl=600)
+    with pytest.raises(DirectoryUnavailable):
+        await resolver.resolve(did)
+    plc.down = False
+    assert (await resolver.resolve(did)).did == did
+    assert plc.requests[did] == 2
+
+
+async def test_made_up_issuers_cost_the_directory_at_most_its_rate(plc, make_resolver):
+    clock = ManualClock()
+    resolver = make_resolver(clock=clock, lookups_per_minute=10)
+    made_up = [f"did:plc:{i:024d}" for i in range(300)]
+    for did in made_up:
+        with pytest.raises(ResolutionError):
+            await resolver.resolve(did)
+    assert sum(plc.requests[did] for did in made_up) == 10
+    # A real issuer arriving meanwhile waits for the directory's next token, not for the flood.
+    real = plc.register(SigningKey.generate())
+    with pytest.raises(DirectoryUnavailable, match="too many look-ups"):
+        await resolver.resolve(real)
+    clock.advance(6)
+    assert (await resolver.resolve(real)).did == real
+
+
+async def test_a_throttled_refresh_serves_the_cached_document(plc, make_resolver):
+    clock = ManualClock()
+    did = plc.register(SigningKey.generate())
+    resolver = make_resolver(clock=clock, fresh_ttl=60, lookups_per_minute=1)
+    document = await resolver.resolve(did)
+    clock.advance(61)
+    with pytest.raises(ResolutionError):
+        await resolver.resolve("did:plc:" + "x" * 24)  # takes the token that came back
+    assert await resolver.resolve(did) is document
+    assert plc.requests[did] == 1
+
+
+async def test_did_web_hosts_of_one_domain_share_its_rate(plc, make_resolver):
+    asked: list[str] = []
+
+    async def resolve_host(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"]  # nothing listens there over TLS: each look-up fails after asking
+
+    resolver = make_resolver(
+        dev=False, lookups_per_minute=2, resolve_host=resolve_host, address_allowed=lambda _: True
+    )
+    for name in ("a", "b", "c", "d"):
+        with pytest.raises(ResolutionError):
+            await resolver.resolve(f"did:web:{name}.victim.test%3A{free_port()}")
+    assert asked == ["a.victim.test", "b.victim.test"]
+    with pytest.raises(ResolutionError):
+        await resolver.resolve(f"did:web:other.test%3A{free_port()}")
+    assert asked[-1] == "other.test"
+    real = plc.register(SigningKey.generate())
+    assert (await resolver.resolve(real)).did == real

@@ -153,9 +153,10 @@ def bob(plc: FakePlc) -> Identity:
 
 
 @asynccontextmanager
-async def serve(settings: Settings, port: int) -> AsyncIterator[Spindle]:
-    """Run the app for `settings` under uvicorn on `port`, with a client and a database handle."""
-    with ServerThread(create_app(settings), port=port) as server:
+async def serve(settings: Settings, port: int, **server_config: Any) -> AsyncIterator[Spindle]:
+    """Run the app for `settings` under uvicorn on `port`, with a client and a database handle
+    (`server_config`: more uvicorn settings, e.g. app.server.uvicorn_options as `spindle serve` has)."""
+    with ServerThread(create_app(settings), port=port, **server_config) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             spindle = Spindle(settings, server, client)
             spindle.spy_on_wake()
