@@ -12,10 +12,12 @@ every step supported. Otherwise the line gives the first reason, in this order:
     no event           only events this spindle never starts (schedule, release, ...)
     reusable workflow  a job calls a reusable workflow (`jobs.<id>.uses`)
     other OS only      every job asks for a Windows or macOS runner
-    action             a step `uses:` an action this spindle cannot run yet (named): a `docker://`
-                       image. JavaScript and composite actions run; whether `owner/repo@ref` is a
-                       Docker action is known only once it is fetched, so it counts as running.
-    secrets            it reads `secrets.*` (other than GITHUB_TOKEN), which are empty here
+    artifacts          a step uses actions/upload-artifact or download-artifact, which need
+                       GitHub's artifact service (ACTIONS_RUNTIME_TOKEN): there is none here
+
+Every kind of action runs (JavaScript, composite, Docker, `docker://`), so `uses:` is otherwise
+no reason. A file that reads `secrets.*` (other than GITHUB_TOKEN) runs once the repo's owner has
+set them (sh.tangled.repo.addSecret); the tally counts those files apart.
 
 Jobs and matrix legs for Windows or macOS are counted as not run (they do not fail a run here).
 A runs-on given by an expression (`${{ matrix.os }}`) counts as Linux when any value of the
@@ -38,6 +40,7 @@ from app.workflows.exceptions import InvalidWorkflow, WorkflowError  # noqa: E40
 from app.workflows.workflow import parse_workflow  # noqa: E402
 
 RUN_EVENTS = {"push", "pull_request", "workflow_dispatch"}
+ARTIFACT_ACTIONS = re.compile(r"^actions/(upload|download)-artifact@", re.IGNORECASE)
 SECRET_RE = re.compile(r"secrets\.(?!GITHUB_TOKEN\b)([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -86,10 +89,18 @@ def verdict(path: Path) -> tuple[str, str]:
             linux_jobs.append(job)
     if not linux_jobs:
         return "other OS only", "every job asks for a Windows or macOS runner"
-    secrets = sorted(set(SECRET_RE.findall(source)))
-    if secrets:
-        return "secrets", ", ".join(secrets[:5])
+    for job in linux_jobs:
+        for step in job.steps:
+            uses = str(step.uses or "")
+            if ARTIFACT_ACTIONS.match(uses):
+                return "artifacts", f"{uses} (job {job.id})"
     return "runs", ""
+
+
+def secrets_read(path: Path) -> list[str]:
+    """The `secrets.*` a file reads, other than GITHUB_TOKEN."""
+    source = path.read_text(encoding="utf-8", errors="replace")
+    return sorted(set(SECRET_RE.findall(source)))
 
 
 def main() -> None:
@@ -101,25 +112,24 @@ def main() -> None:
     args = parser.parse_args()
     files = sorted(p for p in args.directory.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
     tally: collections.Counter[str] = collections.Counter()
-    actions: collections.Counter[str] = collections.Counter()
+    with_secrets = 0
     for path in files:
         category, reason = verdict(path)
         tally[category] += 1
-        if category == "action":
-            actions[reason.split(" (job", 1)[0].split("@", 1)[0]] += 1
+        secrets = secrets_read(path) if category == "runs" else []
+        with_secrets += bool(secrets)
         if args.verbose or category != "runs":
             line = "RUNS" if category == "runs" else f"NO   {category}: {reason}"
+            if secrets:
+                line += f" (with secrets: {', '.join(secrets[:5])})"
             print(f"{path.relative_to(args.directory)}: {line}")
     total = len(files)
     share = 100 * tally["runs"] / max(total, 1)
     print(f"\n{total} workflow files: {tally['runs']} would run here ({share:.0f}%)")
+    print(f"  of which {with_secrets} read secrets, which the repo's owner sets first")
     for category, count in tally.most_common():
         if category != "runs":
             print(f"  {count:4d}  {category}")
-    if actions:
-        print("first unsupported action, by action:")
-        for action, count in actions.most_common(15):
-            print(f"  {count:4d}  {action}")
 
 
 if __name__ == "__main__":
