@@ -83,7 +83,7 @@ class AppContext:
                 writer=self.writer,
                 broker=self.broker,
                 scheduler=self.scheduler,
-                quota=RunQuota(settings=settings, sessionmaker=self.sessionmaker),
+                quota=RunQuota(settings=settings, sessionmaker=self.sessionmaker, metrics=self.metrics),
             ),
         )
         self.consumer = KnotEventConsumer(

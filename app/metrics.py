@@ -7,6 +7,7 @@
     metrics.log_bytes_stored(n)                    # a run's log sink, after each commit
     with metrics.watching("logs"): ...             # a WebSocket or SSE client is connected
     metrics.observe_jetstream_event(time_us)       # the Jetstream consumer, per event it handled
+    metrics.refusal("actor_rate")                  # a limit refused a run or a stream
     await metrics.refresh(sessionmaker, ...)       # at scrape time: what only the database knows
     metrics.render()                               # the text format
 
@@ -39,6 +40,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Runs take seconds to hours; jobs the same.
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, float("inf"))
 WATCHED_STREAMS = ("logs", "status", "events")
+REFUSAL_LIMITS = ("actor_rate", "repo_rate", "queued_runs", "watchers_per_address", "watchers_total")
 RETAINED_TABLES = ("pipeline", "workflow_run", "status_event", "log_line")
 
 
@@ -133,6 +135,15 @@ class Metrics:
             "Now minus the time_us of the last Jetstream event handled.",
             registry=r,
         )
+        self.refused = Counter(
+            "spindle_refused",
+            "Runs and streams refused by a limit (docs/limits.md), by limit: actor_rate, repo_rate, "
+            "queued_runs, watchers_per_address, watchers_total.",
+            ["limit"],
+            registry=r,
+        )
+        for limit in REFUSAL_LIMITS:
+            self.refused.labels(limit)  # shown at 0 before anything is refused
         self.retention_deleted = Counter(
             "spindle_retention_deleted_rows",
             "Rows the retention sweep of this process deleted, by table.",
@@ -177,6 +188,10 @@ class Metrics:
             yield
         finally:
             gauge.dec()
+
+    def refusal(self, limit: str) -> None:
+        """A run or stream refused by `limit` (one of REFUSAL_LIMITS)."""
+        self.refused.labels(limit).inc()
 
     def observe_jetstream_event(self, time_us: int) -> None:
         """The Jetstream consumer's hook: call it with each handled event's `time_us`."""

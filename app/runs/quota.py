@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.metrics import Metrics
 from app.ratelimit import TokenBuckets
 from app.runs.models import Pipeline, Status, WorkflowRun
 from app.xrpc.errors import RateLimitExceeded
@@ -36,8 +37,15 @@ QUEUE_FULL_RETRY_AFTER = 60.0
 class RunQuota:
     """The rate and queue limits on new runs; one per process."""
 
-    def __init__(self, *, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        metrics: Metrics | None = None,
+    ) -> None:
         self.sessionmaker = sessionmaker
+        self.metrics = metrics
         self.max_queued = settings.max_queued_runs_per_repo
         self.actors = TokenBuckets(per_minute=settings.actor_runs_per_minute)
         self.repos = TokenBuckets(per_minute=settings.repo_runs_per_minute)
@@ -53,7 +61,7 @@ class RunQuota:
         # that count together cannot take more than the bucket holds.
         actor_wait = self.actors.take(actor) if actor is not None else 0.0
         if actor_wait > 0:
-            # metric: runs refused by the actor rate limit
+            self._refused("actor_rate")
             raise RateLimitExceeded(
                 f"{actor} started too many runs (at most {self.actors.burst:g} a minute); "
                 f"try again in {actor_wait:.0f} s",
@@ -62,7 +70,7 @@ class RunQuota:
         repo_wait = self.repos.take(repo)
         if repo_wait > 0:
             self._give_back(actor, None)
-            # metric: runs refused by the repo rate limit
+            self._refused("repo_rate")
             raise RateLimitExceeded(
                 f"repo {repo_did}/{repo_name} on {knot} started too many runs "
                 f"(at most {self.repos.burst:g} a minute); try again in {repo_wait:.0f} s",
@@ -77,13 +85,17 @@ class RunQuota:
             # A pipeline larger than the cap still starts on an empty queue.
             if waiting and waiting + runs > self.max_queued:
                 self._give_back(actor, repo)
-                # metric: runs refused by the queued-runs cap
+                self._refused("queued_runs")
                 raise RateLimitExceeded(
                     f"repo {repo_did}/{repo_name} on {knot} has {waiting} runs waiting to start and "
                     f"{runs} more would pass the limit of {self.max_queued}; "
                     "try again when some have started",
                     retry_after=QUEUE_FULL_RETRY_AFTER,
                 )
+
+    def _refused(self, limit: str) -> None:
+        if self.metrics is not None:
+            self.metrics.refusal(limit)
 
     def _give_back(self, actor: str | None, repo: tuple[str, str, str] | None) -> None:
         if actor is not None:

@@ -12,7 +12,7 @@ is the one uvicorn reports (the proxy's X-Forwarded-For from a trusted proxy, do
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from app.xrpc.errors import RateLimitExceeded, ServiceUnavailable
 
@@ -27,7 +27,8 @@ class WatchersBusy(ServiceUnavailable):
 
 
 class WatcherSlots:
-    def __init__(self, *, total: int, per_address: int) -> None:
+    def __init__(self, *, total: int, per_address: int, refused: Callable[[str], None] | None = None) -> None:
+        self.refused = refused or (lambda limit: None)  # told each refusal (Metrics.refusal)
         self.total = total
         self.per_address = per_address
         self.count = 0
@@ -39,13 +40,13 @@ class WatcherSlots:
         key = address or "unknown"
         held = self._by_address.get(key, 0)
         if held >= self.per_address:
-            # metric: watchers refused per address
+            self.refused("watchers_per_address")
             raise RateLimitExceeded(
                 f"{key} already watches {held} streams, the most one address may; close one first",
                 retry_after=RETRY_AFTER,
             )
         if self.count >= self.total:
-            # metric: watchers refused overall
+            self.refused("watchers_total")
             raise WatchersBusy(f"the service already serves {self.count} live streams; try again shortly")
         self.count += 1
         self._by_address[key] = held + 1

@@ -67,7 +67,9 @@ def get_slots(ctx: CtxDep) -> WatcherSlots:
     slots = ctx.extras.get("watcher_slots")
     if slots is None:
         slots = ctx.extras["watcher_slots"] = WatcherSlots(
-            total=ctx.settings.max_watchers, per_address=ctx.settings.max_watchers_per_address
+            total=ctx.settings.max_watchers,
+            per_address=ctx.settings.max_watchers_per_address,
+            refused=ctx.metrics.refusal,
         )
     return slots  # type: ignore[no-any-return]
 

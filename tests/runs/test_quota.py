@@ -40,6 +40,9 @@ async def test_refuses_a_trigger_past_the_actors_rate_with_429_and_retry_after(
     assert repo.owner.did in refused.json()["message"]
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert len(await spindle.pipelines()) == 3
+    metrics = (await spindle.client.get("/metrics")).text
+    assert 'spindle_refused_total{limit="actor_rate"} 1.0' in metrics
+    assert 'spindle_refused_total{limit="repo_rate"} 0.0' in metrics
 
 
 async def test_a_retry_of_a_recorded_trigger_is_answered_past_the_rate(
