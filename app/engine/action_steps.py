@@ -124,23 +124,6 @@ class JobActions:
     posts: list[_Post] = field(default_factory=list)
 
 
-class _CompositeStatus:
-    """success()/failure()/cancelled() inside a composite action: about its own steps."""
-
-    def __init__(self, cancel: asyncio.Event) -> None:
-        self.failed = False
-        self.cancel = cancel
-
-    def success(self) -> bool:
-        return not self.failed and not self.cancel.is_set()
-
-    def failure(self) -> bool:
-        return self.failed
-
-    def cancelled(self) -> bool:
-        return self.cancel.is_set()
-
-
 def input_variable(name: str) -> str:
     """INPUT_<NAME>: upper case, spaces as underscores (GitHub's @actions/core reads it so)."""
     return "INPUT_" + name.replace(" ", "_").upper()
@@ -552,7 +535,7 @@ class ActionSteps:
             "action_repository": action.repository,
             "action_ref": action.ref,
         }
-        status = _CompositeStatus(state.cancel)
+        status = engine_runner.StepsStatus(state.cancel)
         first_failure: StepOutcome | None = None
         for nested in steps:
             if state.cancel.is_set():

@@ -117,8 +117,9 @@ class StepError(Exception):
     """A step that cannot start (bad shell, missing working-directory, expression error)."""
 
 
-class _JobStatus:
-    """success()/failure()/cancelled() for the steps of one job instance."""
+class StepsStatus:
+    """success()/failure()/cancelled() for a sequence of steps: a job instance's, or a composite
+    action's own (its status functions are about its steps)."""
 
     def __init__(self, cancel: asyncio.Event) -> None:
         self.failed = False
@@ -678,7 +679,7 @@ class WorkflowRunner:
             env=ctx["env"],
             deadline=asyncio.get_running_loop().time() + minutes * 60,
             minutes=minutes,
-            status=_JobStatus(cancel),
+            status=StepsStatus(cancel),
             defaults=defaults,
             job=engine_job,
             cancel=cancel,
@@ -1155,7 +1156,7 @@ class _InstanceState:
     env: dict[str, str]  # workflow env + job env
     deadline: float
     minutes: float
-    status: _JobStatus
+    status: StepsStatus
     defaults: RunDefaults  # the job's `defaults.run`, else the workflow's
     job: EngineJob  # the job's container, in the backend
     cancel: asyncio.Event  # the run's cancel, or fail-fast stopping this matrix leg
