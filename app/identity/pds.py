@@ -11,7 +11,6 @@ checked (as app.identity.resolver does for did:web): a DID document names any UR
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 
 from app.identity.resolver import DidResolver, HostResolver, system_resolve_host
-from app.identity.web import is_public_address
+from app.identity.web import HostRefused, checked_addresses
 
 LIST_RECORDS = "com.atproto.repo.listRecords"
 PAGE_SIZE = 100
@@ -145,19 +144,9 @@ class PdsRecordReader:
 
     async def _public_address(self, did: str, host: str, port: int) -> str:
         try:
-            ipaddress.ip_address(host)
-            addresses = [host]
-        except ValueError:
-            try:
-                addresses = await self._resolve_host(host, port)
-            except OSError as exc:
-                raise PdsError(did, f"its PDS host {host} does not resolve: {exc}") from None
-        if not addresses:
-            raise PdsError(did, f"its PDS host {host} does not resolve")
-        for address in addresses:
-            if not is_public_address(ipaddress.ip_address(address)):
-                raise PdsError(did, f"its PDS host {host} resolves to {address}, not a public address")
-        return addresses[0]
+            return (await checked_addresses(host, port, resolve_host=self._resolve_host))[0]
+        except HostRefused as exc:
+            raise PdsError(did, f"its PDS host {exc.problem}") from None
 
 
 def _record(item: Any, did: str, collection: str) -> PdsRecord | None:

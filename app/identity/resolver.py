@@ -34,7 +34,14 @@ from app.identity.exceptions import (
     ResolutionError,
     UnsupportedDid,
 )
-from app.identity.web import IPAddress, is_public_address, parse_did_web
+from app.identity.web import (
+    HostRefused,
+    HostResolver,
+    IPAddress,
+    checked_addresses,
+    is_public_address,
+    parse_did_web,
+)
 from app.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
@@ -42,8 +49,6 @@ log = logging.getLogger(__name__)
 # The directory decides which did:plc exist; we only make sure the identifier is safe in a URL path.
 PLC_DID_RE = re.compile(r"^did:plc:[a-z0-9]{1,64}\Z")
 WELL_KNOWN_PATH = "/.well-known/did.json"
-
-HostResolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 async def system_resolve_host(host: str, port: int) -> list[str]:
@@ -300,21 +305,13 @@ class DidResolver:
 
     async def _public_addresses(self, did: str, host: str, port: int) -> list[str]:
         try:
-            ipaddress.ip_address(host)
-            addresses = [host]
-        except ValueError:
-            try:
-                addresses = await self._resolve_host(host, port)
-            except OSError as exc:
-                raise DirectoryUnavailable(did, f"{host} does not resolve: {exc}") from None
-        if not addresses:
-            raise DirectoryUnavailable(did, f"{host} does not resolve")
-        for address in addresses:
-            if not self._address_allowed(ipaddress.ip_address(address)):
-                raise ForbiddenHost(
-                    did, f"{host} resolves to {address}, which is not a public address (not fetched)"
-                )
-        return addresses
+            return await checked_addresses(
+                host, port, resolve_host=self._resolve_host, allowed=self._address_allowed
+            )
+        except HostRefused as exc:
+            if not exc.resolves:
+                raise DirectoryUnavailable(did, exc.problem) from None
+            raise ForbiddenHost(did, f"{exc.problem} (not fetched)") from None
 
     async def _get(
         self,

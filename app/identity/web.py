@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Awaitable, Callable
 
 from app.config import host_without_port, is_valid_host
 from app.identity.exceptions import UnsupportedDid
@@ -16,6 +17,42 @@ _PORT_SEPARATOR = re.compile("%3a", re.IGNORECASE)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+HostResolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class HostRefused(Exception):
+    """A host we will not connect to: it does not resolve, or to an address that is not allowed.
+    `problem` is said of the host (callers name what the host is for)."""
+
+    def __init__(self, problem: str, *, resolves: bool) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.resolves = resolves  # False: no address at all (may be transient); True: refused
+
+
+async def checked_addresses(
+    host: str,
+    port: int,
+    *,
+    resolve_host: HostResolver,
+    allowed: Callable[[IPAddress], bool] = lambda address: is_public_address(address),
+) -> list[str]:
+    """Every address of `host`, each one `allowed` (public by default), to connect to exactly those
+    (not to what a second DNS lookup says: DNS rebinding). HostRefused says why not."""
+    try:
+        ipaddress.ip_address(host)
+        addresses = [host]
+    except ValueError:
+        try:
+            addresses = await resolve_host(host, port)
+        except OSError as exc:
+            raise HostRefused(f"{host} does not resolve: {exc}", resolves=False) from None
+    if not addresses:
+        raise HostRefused(f"{host} does not resolve", resolves=False)
+    for address in addresses:
+        if not allowed(ipaddress.ip_address(address)):
+            raise HostRefused(f"{host} resolves to {address}, which is not a public address", resolves=True)
+    return addresses
 
 
 def parse_did_web(did: str) -> tuple[str, int | None]:
