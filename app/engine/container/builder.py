@@ -22,14 +22,11 @@ carries the job's labels (reap finds them); intermediate images are removed as s
 one exists, the containers when they are done.
 Errors: StepImageError naming the instruction and its line (a failed RUN with its last lines).
 
-STATUS: not yet wired into ContainerBackend.build_action_image (which still uses POST /build).
-A Dockerfile with one RUN builds and runs correctly this way; a second RUN fails: Podman 4.3's
-export of a container made from an image that `images/create?fromSrc=-` imported ends after about
-150 KB (the tar is cut short), so RUN on top of a previous RUN's image cannot be taken. What
-Podman 4.3 does, found on a real engine: commit of a container in a user namespace stores host
-ids in the layer; GET .../archive gives every entry the container user's host id; export gives
-consistent host ids (container id + the namespace's base); import keeps only one `changes`;
-commit keeps only the last `changes` parameter (newline-joined instructions in one work).
+What Podman 4.3 does, found on a real engine (why this shape): commit of a container in a user
+namespace stores host ids in the layer; GET .../archive gives every entry the container user's
+host id; export gives consistent host ids (container id + the namespace's base); import keeps
+only one `changes`; commit keeps only the last `changes` parameter (newline-joined instructions
+in one value work, on Docker too).
 """
 
 from __future__ import annotations
@@ -110,6 +107,13 @@ def shift_owners(source: IO[bytes], target: IO[bytes], idmap: tuple[int, int, in
             member.uid = back(member.uid, uid_base)
             member.gid = back(member.gid, gid_base)
             member.uname = member.gname = ""
+            # An export's PAX header carries host ids too large for the ustar fields; tarfile
+            # writes the member's PAX headers as they were read, over the fields set above.
+            member.pax_headers = {
+                key: value
+                for key, value in member.pax_headers.items()
+                if key not in ("uid", "gid", "uname", "gname")
+            }
             writer.addfile(member, reader.extractfile(member) if member.isreg() else None)
 
 
