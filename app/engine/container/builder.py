@@ -336,7 +336,10 @@ class Builder:
                 raw.truncate(0)
                 shifted.seek(0)
                 # One `changes` only (Podman keeps the last): the labels, so reap finds the image.
-                labels = " ".join(f"{k}={v}" for k, v in self.labels.items())
+                # Only values without spaces (ids); the commit after it adds the job's key.
+                labels = " ".join(
+                    f"{k}={v}" for k, v in self.labels.items() if v and not any(c.isspace() for c in v)
+                )
                 async with self.docker._query(
                     "images/create",
                     "POST",
@@ -407,7 +410,13 @@ class Builder:
                 if pattern.startswith(".."):
                     raise StepImageError(f"{instruction.where()}: {source} is outside the action's directory")
                 wildcard = any(char in pattern for char in "*?[")
-                matched = [m for m in members if pattern == "." or fnmatch.fnmatchcase(m.name, pattern)]
+                # As Go's filepath.Match: a wildcard does not cross `/`.
+                depth = pattern.count("/")
+                matched = [
+                    m
+                    for m in members
+                    if pattern == "." or (m.name.count("/") == depth and fnmatch.fnmatchcase(m.name, pattern))
+                ]
                 if not matched:
                     raise StepImageError(f"{instruction.where()}: the action's directory has no {source}")
                 for member in matched if pattern != "." else [None]:

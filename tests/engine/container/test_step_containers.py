@@ -601,10 +601,13 @@ async def test_an_unsupported_dockerfile_instruction_is_refused_by_name(
 async def test_copy_refuses_urls_and_other_stages(
     backend: ContainerBackend, job: Job, podman_engine: PodmanEngine, tmp_path: Path
 ) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "nested.txt").write_text("a wildcard does not reach into sub/\n")
     for line, message in [
         ("ADD https://example.com/x /x", "ADD on line 2: URLs are not supported"),
         ("COPY --from=builder /x /x", "COPY on line 2: copying from another stage"),
         ("COPY missing.txt /x", "COPY on line 2: the action's directory has no missing.txt"),
+        ("COPY *.txt /x/", r"COPY on line 2: the action's directory has no \*\.txt"),
     ]:
         (tmp_path / "Dockerfile").write_text(f"FROM {podman_engine.image}\n{line}\n")
         with pytest.raises(StepImageError, match=message):
