@@ -32,6 +32,7 @@ in one value work, on Docker too).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import fnmatch
@@ -385,15 +386,36 @@ class Builder:
         if not posixpath.isabs(dest):
             dest = posixpath.join(state.workdir or "/", dest)
         with tempfile.TemporaryFile(prefix="spindle-copy-") as out:
-            await asyncio.to_thread(self._copy_tar, instruction, sources, dest, owner, mode, out)
-            out.seek(0)
-            await self._helper(state, put=out)
+
+            async def files(container: Any) -> IO[bytes]:
+                # `COPY file /existing/directory` copies into it, as Docker does.
+                into = dest.endswith("/") or len(sources) > 1 or await self._is_directory(container, dest)
+                await asyncio.to_thread(self._copy_tar, instruction, sources, dest, into, owner, mode, out)
+                out.seek(0)
+                return out
+
+            state.image = await self._commit(state, files=files)
+
+    async def _is_directory(self, container: Any, path: str) -> bool:
+        try:
+            async with self.docker._query(
+                f"containers/{container.id}/archive", "HEAD", params={"path": path}
+            ) as response:
+                header = response.headers.get("X-Docker-Container-Path-Stat", "")
+        except (DockerError, ValueError):
+            return False  # not there (aiodocker reads a HEAD's empty error body as JSON)
+        try:
+            mode = int(json.loads(base64.b64decode(header)).get("mode", 0))
+        except (ValueError, TypeError, AttributeError):
+            return False
+        return bool(mode & (1 << 31))  # Go's os.ModeDir
 
     def _copy_tar(
         self,
         instruction: Instruction,
         sources: list[str],
         dest: str,
+        into_directory: bool,
         owner: tuple[int, int],
         mode: int | None,
         out: IO[bytes],
@@ -404,7 +426,6 @@ class Builder:
             tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as target,
         ):
             members = context.getmembers()
-            into_directory = dest.endswith("/") or len(sources) > 1
             for source in sources:
                 pattern = posixpath.normpath(source.lstrip("/"))
                 if pattern.startswith(".."):
@@ -457,19 +478,16 @@ class Builder:
 
     # -- images ------------------------------------------------------------------------------
 
-    async def _helper(self, state: ImageState, *, put: IO[bytes] | None = None) -> None:
-        state.image = await self._commit(state, put=put)
-
     async def _commit(
         self,
         state: ImageState,
         *,
         base: str | None = None,
-        put: IO[bytes] | None = None,
+        files: Callable[[Any], Awaitable[IO[bytes]]] | None = None,
         tag: str | None = None,
     ) -> str:
-        """A container of `base` (the current image) that is created, given `put`'s files and
-        committed with the state's configuration; never started."""
+        """A container of `base` (the current image) that is created, given the tar `files` makes
+        for it, and committed with the state's configuration; never started."""
         config: dict[str, Any] = {
             "Image": base or state.image,
             "Entrypoint": ["/nonexistent"],
@@ -486,8 +504,8 @@ class Builder:
             raise StepImageError(f"cannot build {self.dockerfile_name}: {exc.message}") from None
         self.started(container.id)
         try:
-            if put is not None:
-                await container.put_archive("/", put)
+            if files is not None:
+                await container.put_archive("/", await files(container))
             params: CIMultiDict[str] = CIMultiDict(
                 container=container.id, changes=state.changes(), pause="false"
             )

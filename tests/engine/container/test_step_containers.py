@@ -547,6 +547,7 @@ async def test_files_made_by_run_keep_their_owners_in_the_actions_container(
                 MODE="built here"
             WORKDIR $APP_HOME
             COPY tool.sh ./bin/
+            COPY tool.sh /usr/local/bin
             COPY --chown=1000:1000 sub /opt/data/
             RUN chmod +x bin/tool.sh && echo "$GREETING" > greeting \\
                 && useradd -m -u 1000 alice && runuser -u alice -- sh -c 'echo mine > /home/alice/own'
@@ -558,6 +559,7 @@ async def test_files_made_by_run_keep_their_owners_in_the_actions_container(
     image = await backend.build_action_image(job, tmp_path, "Dockerfile", progress=lambda line: None)
     script = (
         'echo "$MODE $APP_HOME $(pwd) $(cat greeting)"; ls /etc/issue 2>&1 | grep -c "No such"; '
+        "test -f /usr/local/bin/tool.sh && echo copied-into-the-directory; "
         "stat -c '%U %u' greeting /home/alice/own /opt/data/data.txt; "
         "echo more >> greeting && runuser -u alice -- sh -c 'echo more >> /home/alice/own' && echo writable"
     )
@@ -579,6 +581,7 @@ async def test_files_made_by_run_keep_their_owners_in_the_actions_container(
     assert output.text.splitlines() == [
         "built here /opt/app /opt/app hello",
         "1",
+        "copied-into-the-directory",
         "root 0",
         "alice 1000",
         "alice 1000",
