@@ -17,7 +17,8 @@ A job is:
                               the disk limit with a `du` the job cannot replace
     step containers           one per Docker action step (steps.py), sharing the job container's
                               network namespace (and, on Podman, its user namespace) and volumes
-    built images              Docker actions' Dockerfiles, built with no network (build.py)
+    built images              Docker actions' Dockerfiles, built by builder.py: RUN in the job's
+                              user namespace with no network
 
 Isolation (docs/execution.md): container root maps to an unprivileged host uid (Podman's
 `userns=auto`; Docker with userns-remap), no-new-privileges, the engine's default capabilities
