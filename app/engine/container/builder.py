@@ -158,17 +158,24 @@ class Builder:
         """The image of the Dockerfile, tagged `tag`; StepImageError when it cannot be built."""
         text = await asyncio.to_thread(self._read_dockerfile)
         instructions = dockerfile.parse(text)
-        variables: dict[str, str] = {}
+        outer: dict[str, str] = {}  # ARGs before FROM
+        variables: dict[str, str] = {}  # ARGs after it
         state: ImageState | None = None
         try:
             for number, instruction in enumerate(instructions, start=1):
                 self.progress(f"STEP {number}/{len(instructions)}: {instruction.name} {instruction.text}")
                 if instruction.name == "ARG":
+                    declared = {word.partition("=")[0] for word in instruction.text.split() if "=" in word}
                     for key, value in dockerfile.pairs(instruction, {**variables}):
-                        variables.setdefault(key, value)
+                        # As Docker: an ARG before FROM is for FROM; after it, `ARG NAME` alone
+                        # takes that value, and only declared ARGs reach RUN.
+                        if state is None:
+                            outer[key] = value
+                        else:
+                            variables[key] = value if key in declared else outer.get(key, "")
                     continue
                 if instruction.name == "FROM":
-                    state = await self._from(instruction, variables)
+                    state = await self._from(instruction, outer)
                     continue
                 assert state is not None
                 await self._apply(instruction, state, variables)

@@ -540,9 +540,11 @@ async def test_files_made_by_run_keep_their_owners_in_the_actions_container(
     (tmp_path / "Dockerfile").write_text(
         textwrap.dedent(
             f"""\
-            FROM {podman_engine.image}
-            # comments and continuations
             ARG GREETING=hello
+            ARG BASE={podman_engine.image}
+            FROM $BASE
+            # comments and continuations
+            ARG GREETING
             ENV APP_HOME=/opt/app \\
                 MODE="built here"
             WORKDIR $APP_HOME
