@@ -17,7 +17,8 @@ A job is:
                               the disk limit with a `du` the job cannot replace
     step containers           one per Docker action step (steps.py), sharing the job container's
                               network namespace (and, on Podman, its user namespace) and volumes
-    built images              Docker actions' Dockerfiles, built with no network (build.py)
+    built images              Docker actions' Dockerfiles, built by builder.py: RUN in the job's
+                              user namespace with no network
 
 Isolation (docs/execution.md): container root maps to an unprivileged host uid (Podman's
 `userns=auto`; Docker with userns-remap), no-new-privileges, the engine's default capabilities
@@ -65,7 +66,7 @@ from app.engine.backend import (
     ServiceSpec,
     StepImageError,
 )
-from app.engine.container import build, firewall, steps
+from app.engine.container import build, builder, firewall, steps
 from app.engine.container.options import ContainerOptions, HealthCheck
 
 log = logging.getLogger(__name__)
@@ -792,8 +793,8 @@ class ContainerBackend:
     ) -> str:
         """The image of a Docker action's Dockerfile, built once per job and context content.
 
-        RUN lines get no network and the job's memory and CPUs (build.py); the image carries the
-        job's labels and goes with destroy_job or reap.
+        Built by builder.py: RUN lines in the job's user namespace, with no network and the job's
+        limits; the image carries the job's labels and goes with destroy_job or reap.
         An image larger than the job's disk limit is removed and fails the step."""
         limits = job.spec.limits
         max_bytes = min(MAX_CONTEXT_BYTES, limits.disk_mb * 1024 * 1024)
@@ -805,21 +806,12 @@ class ContainerBackend:
                 )
                 return job.images[archive.digest]
             tag = f"{ACTION_REPOSITORY}:{_name(job.name).lower()[:100]}-{archive.digest[:12]}"
-            isolation = build.BuildIsolation(
-                memory_bytes=limits.memory_mb * 1024 * 1024,
-                cpus=limits.cpus,
-                podman=self.podman,
-            )
-            params = build.build_params(
-                tag=tag, dockerfile=dockerfile, labels=self._labels(job.spec, "image"), isolation=isolation
-            )
             progress(f"building {dockerfile} of the action ({archive.size >> 10} KiB of context)")
             # Recorded first: a build cancelled half-way still leaves its tag to remove.
             job.images[archive.digest] = tag
             try:
-                await build.build_image(
-                    self._docker, archive, params=params, what=dockerfile, progress=progress
-                )
+                idmap = await self._idmap(job)
+                await self._builder(job, archive, dockerfile, idmap, progress=progress).build(tag)
             except BaseException:
                 del job.images[archive.digest]
                 await self._remove_image(tag)
@@ -841,6 +833,62 @@ class ContainerBackend:
                 f"({limits.disk_mb} MiB, SPINDLE_JOB_DISK_MB)"
             )
         return tag
+
+    async def _idmap(self, job: Job) -> tuple[int, int, int]:
+        """(host uid of container root, host gid of it, ids mapped) of the job's user namespace;
+        (0, 0, 2**32 - 1) without one. Read with the shell's `read` alone (no other command)."""
+        script = 'for f in /proc/1/uid_map /proc/1/gid_map; do read a b c < "$f"; echo "$a $b $c"; done'
+        try:
+            text = (await self._capture(job, ["/bin/sh", "-c", script], limit=1024)).decode()
+        except FileCommandError as exc:
+            raise StepImageError(f"the job's user namespace cannot be read: {exc}") from None
+        rows = [line.split() for line in text.splitlines()]
+        try:
+            (uid_inside, uid_base, size), (_, gid_base, _) = [[int(v) for v in row] for row in rows[:2]]
+        except ValueError:
+            raise StepImageError(f"the job's user namespace cannot be read: {text[:200]!r}") from None
+        if uid_inside != 0:
+            raise StepImageError("the job's user namespace does not map its root")
+        return uid_base, gid_base, size
+
+    def _builder(
+        self,
+        job: Job,
+        archive: build.ContextArchive,
+        dockerfile: str,
+        idmap: tuple[int, int, int],
+        *,
+        progress: Progress,
+    ) -> builder.Builder:
+        """RUN in the job's user namespace with no network and the job's limits; the containers
+        that only take files and are committed (never started) outside it, so that the engine
+        stores the owners the files have in the container (builder.py)."""
+        run_host = self._limits(job.spec, ContainerOptions())
+        self._joined(job, run_host, network=False)
+        run_host["NetworkMode"] = "none"
+        helper_host: dict[str, Any] = {"NetworkMode": "none"}
+        if self.podman:
+            helper_host["UsernsMode"] = "host"
+
+        async def ensure(image: str) -> None:
+            await self.prepare_step_image(job, image, progress=progress)
+
+        return builder.Builder(
+            self._docker,
+            archive=archive,
+            dockerfile_name=dockerfile,
+            run_host=run_host,
+            helper_host=helper_host,
+            labels=self._labels(job.spec, "image"),
+            idmap=idmap,
+            max_bytes=job.spec.limits.disk_mb * 1024 * 1024,
+            lines=_Lines,
+            progress=progress,
+            started=job.steps.add,
+            finished=job.steps.discard,
+            ensure_image=ensure,
+            name=_name(job.name, "build"),
+        )
 
     async def prepare_step_image(self, job: Job, image: str, *, progress: Progress) -> str:
         """A `docker://` image: the engine's own if it has it, else pulled (progress to the log)."""

@@ -1,37 +1,30 @@
-"""Docker actions' images, built by the engine from a directory on the host.
+"""The build context of a Docker action's image: a tar of a directory on the host.
 
     archive = await asyncio.to_thread(context_archive, directory, dockerfile, max_bytes=...)
-    image = await build_image(docker, archive, tag=..., labels=..., isolation=..., progress=say)
+    image = await builder.Builder(docker, archive=archive, ...).build(tag)   # builder.py
 
 The build context is a tar of the action's directory made here: regular files, directories and
 symbolic links as they are (a link is stored as a link, never followed, so nothing outside the
 directory is read); owners, times and other file types dropped, so the same files give the same
 archive and its digest names the content (the per-job cache of built images is keyed by it).
 
-A Dockerfile's RUN lines are code of whoever wrote the action: `BuildIsolation` says how they run
-(no network, the job's memory and CPUs; not in a user namespace, see build_params).
-
-Errors: StepImageError (app/engine/backend.py), with the build's last lines.
+Errors: StepImageError (app/engine/backend.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO
 
-import aiodocker
-import aiohttp
-
-from app.engine.backend import Progress, StepImageError
+from app.engine.backend import StepImageError
 
 TAIL_LINES = 15  # of the build's output, in the error when it fails
 _CHUNK = 1 << 20
@@ -42,15 +35,6 @@ class ContextArchive:
     file: IO[bytes]  # the tar, positioned at 0; the caller closes it
     digest: str  # sha256 of the tar and the Dockerfile's path
     size: int
-
-
-@dataclass(frozen=True)
-class BuildIsolation:
-    """How the build's RUN lines are confined."""
-
-    memory_bytes: int
-    cpus: float
-    podman: bool
 
 
 def check_dockerfile_path(dockerfile: str) -> str:
@@ -122,100 +106,6 @@ def context_archive(directory: Path, dockerfile: str, *, max_bytes: int) -> Cont
     return ContextArchive(file=file, digest=digest.hexdigest(), size=size)
 
 
-def build_params(
-    *, tag: str, dockerfile: str, labels: Mapping[str, str], isolation: BuildIsolation
-) -> dict[str, str]:
-    """The query of POST /build: no cache shared with other builds, no intermediate images kept."""
-    params = {
-        "t": tag,
-        "dockerfile": dockerfile,
-        "labels": json.dumps(dict(labels)),
-        "rm": "1",
-        "forcerm": "1",
-        "nocache": "1",  # a cached layer could be another job's RUN result
-        "memory": str(isolation.memory_bytes),
-        "memswap": str(isolation.memory_bytes),
-        "cpuperiod": "100000",
-        "cpuquota": str(max(int(isolation.cpus * 100000), 1000)),
-    }
-    if isolation.podman:
-        # Podman's compat build runs RUN in the host's network namespace unless told otherwise
-        # (pkg/api/handlers/compat/images_build.go): a namespace of its own, with no network set up.
-        params["networkmode"] = "NetworkDisabled"
-        params["nsoptions"] = json.dumps([{"Name": "network", "Host": False}])
-        params["layers"] = "0"
-        # No user namespace for RUN: Podman 4.3 gives a mapped build (`--userns=auto`, or explicit
-        # maps) a root file system still owned by the unmapped host root, so no RUN line can write
-        # to it (`podman build --userns=auto` fails the same way). RUN is the engine's root with the
-        # default capabilities and seccomp profile, no network, the job's memory and CPUs, as with
-        # `docker build` on Docker without userns-remap (docs/execution.md says so).
-    else:
-        params["networkmode"] = "none"
-    return params
-
-
-async def build_image(
-    docker: aiodocker.Docker,
-    archive: ContextArchive,
-    *,
-    params: Mapping[str, str],
-    what: str,
-    progress: Progress,
-) -> None:
-    """POST /build with the archive; each output line to `progress`. StepImageError with the
-    last lines when the build fails or the engine ends the stream without naming an image."""
-    tail: list[str] = []
-    error: str | None = None
-    finished = False
-
-    def say(text: str) -> None:
-        for line in text.splitlines():
-            line = line.rstrip()
-            if line:
-                progress(line)
-                tail.append(line)
-                del tail[:-TAIL_LINES]
-
-    try:
-        async with docker._query(
-            "build",
-            "POST",
-            params=dict(params),
-            data=_chunks(archive.file),
-            headers={"Content-Type": "application/x-tar"},
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-        ) as response:
-            async for raw in response.content:
-                message = _message(raw)
-                if message is None:
-                    continue
-                if message.get("error"):
-                    error = str(message["error"]).strip()
-                elif isinstance(message.get("stream"), str):
-                    say(message["stream"])
-                if message.get("aux") or str(message.get("stream", "")).startswith("Successfully built"):
-                    finished = True
-    except aiodocker.DockerError as exc:
-        error = exc.message
-    except (aiohttp.ClientError, OSError) as exc:
-        error = f"the engine's connection failed: {exc}"
-    if error is None and not finished:
-        error = "the engine ended the build without naming an image"
-    if error is not None:
-        lines = "\n".join(tail)
-        raise StepImageError(
-            f"cannot build {what}: {error}" + (f"\nits last lines:\n{lines}" if lines else "")
-        )
-
-
 async def _chunks(file: IO[bytes]) -> AsyncIterator[bytes]:
     while chunk := await asyncio.to_thread(file.read, _CHUNK):
         yield chunk
-
-
-def _message(raw: bytes) -> dict[str, Any] | None:
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        return None
-    return message if isinstance(message, dict) else None

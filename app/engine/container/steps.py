@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiodocker
@@ -41,17 +41,25 @@ async def run(
     lines: Callable[[str, OutputSink], Any],
     started: Callable[[str], None],
     finished: Callable[[str], None],
+    exited: Callable[[Any, ExecResult], Awaitable[None]] | None = None,
 ) -> tuple[ExecResult, dict[str, Any]]:
     """The step's result and the container's last State (OOMKilled ...). `lines(stream, output)`
     makes a line splitter (feed/close); `started`/`finished` get the container id once it exists
-    and once it is gone, so that the job knows which step containers to remove with it."""
+    and once it is gone, so that the job knows which step containers to remove with it.
+    `exited(container, result)` runs after the container exited and before it is removed (the
+    builder takes its file system there)."""
     try:
         container = await docker.containers.create(config, name=name)
     except DockerError as exc:
         return ExecResult(None, error=f"the step's container could not be created: {exc.message}"), {}
     started(container.id)
     try:
-        return await _run(docker, container, timeout=timeout, output=output, cancel=cancel, lines=lines)
+        result, state = await _run(
+            docker, container, timeout=timeout, output=output, cancel=cancel, lines=lines
+        )
+        if exited is not None:
+            await exited(container, result)
+        return result, state
     finally:
         with contextlib.suppress(DockerError, TimeoutError, aiohttp.ClientError):
             async with asyncio.timeout(REMOVE_TIMEOUT):

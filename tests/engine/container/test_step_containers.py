@@ -375,7 +375,7 @@ async def test_a_failed_build_names_its_last_lines(
     with pytest.raises(StepImageError) as failure:
         await backend.build_action_image(job, tmp_path, "Dockerfile", progress=lambda line: None)
 
-    assert "cannot build Dockerfile" in str(failure.value)
+    assert "cannot build Dockerfile: RUN on line 2 failed (exit code 3)" in str(failure.value)
     assert "the-reason-it-broke" in str(failure.value)
     assert job.images == {}
 
@@ -513,3 +513,107 @@ async def test_reap_removes_step_containers_volumes_and_images_of_a_crashed_job(
     assert left["images"] == []
     await backend.destroy_job(kept)
     await backend.destroy_job(crashed)
+
+
+async def test_a_builds_run_lines_run_in_the_jobs_user_namespace(
+    backend: ContainerBackend, job: Job, podman_engine: PodmanEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {podman_engine.image}\nRUN echo uid_map=$(cat /proc/self/uid_map)\n"
+    )
+    progress: list[str] = []
+
+    await backend.build_action_image(job, tmp_path, "Dockerfile", progress=progress.append)
+    _, seen = await in_job(backend, job, "echo uid_map=$(cat /proc/self/uid_map)")
+
+    [build_map] = [line for line in progress if line.startswith("uid_map=")]
+    assert build_map.split() != ["uid_map=0", "0", "4294967295"], build_map
+    assert build_map == seen.text  # the job's own mapping: container root is not host root
+
+
+async def test_files_made_by_run_keep_their_owners_in_the_actions_container(
+    backend: ContainerBackend, job: Job, podman_engine: PodmanEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "tool.sh").write_text("#!/bin/sh\necho tool-from-the-context\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "data.txt").write_text("data\n")
+    (tmp_path / "Dockerfile").write_text(
+        textwrap.dedent(
+            f"""\
+            ARG GREETING=hello
+            ARG BASE={podman_engine.image}
+            FROM $BASE
+            # comments and continuations
+            ARG GREETING
+            ENV APP_HOME=/opt/app \\
+                MODE="built here"
+            WORKDIR $APP_HOME
+            COPY tool.sh ./bin/
+            COPY tool.sh /usr/local/bin
+            COPY --chown=1000:1000 sub /opt/data/
+            RUN chmod +x bin/tool.sh && echo "$GREETING" > greeting \\
+                && useradd -m -u 1000 alice && runuser -u alice -- sh -c 'echo mine > /home/alice/own'
+            RUN rm /etc/issue
+            ENTRYPOINT ["/opt/app/bin/tool.sh"]
+            """
+        )
+    )
+    image = await backend.build_action_image(job, tmp_path, "Dockerfile", progress=lambda line: None)
+    script = (
+        'echo "$MODE $APP_HOME $(pwd) $(cat greeting)"; ls /etc/issue 2>&1 | grep -c "No such"; '
+        "test -f /usr/local/bin/tool.sh && echo copied-into-the-directory; "
+        "stat -c '%U %u' greeting /home/alice/own /opt/data/data.txt; "
+        "echo more >> greeting && runuser -u alice -- sh -c 'echo more >> /home/alice/own' && echo writable"
+    )
+    output = Output()
+    step = ContainerStep(
+        image=image, entrypoint=["bash", "-c"], args=[script], env=env(), cwd="/opt/app", timeout=60
+    )
+    scripted = await backend.run_step_container(job, step, output=output, cancel=asyncio.Event())
+    plain, tool = await in_step(backend, job, "true", image=image)
+    default = Output()
+    entry = await backend.run_step_container(
+        job,
+        ContainerStep(image=image, entrypoint=None, args=[], env=env(), cwd=WORKSPACE, timeout=60),
+        output=default,
+        cancel=asyncio.Event(),
+    )
+
+    assert scripted.exit_code == 0, output.text
+    assert output.text.splitlines() == [
+        "built here /opt/app /opt/app hello",
+        "1",
+        "copied-into-the-directory",
+        "root 0",
+        "alice 1000",
+        "alice 1000",
+        "writable",
+    ]
+    assert plain.exit_code == 0, tool.text
+    assert entry.exit_code == 0 and default.text == "tool-from-the-context"
+
+
+async def test_an_unsupported_dockerfile_instruction_is_refused_by_name(
+    backend: ContainerBackend, job: Job, podman_engine: PodmanEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "Dockerfile").write_text(f"FROM {podman_engine.image}\nRUN true\nONBUILD RUN true\n")
+
+    with pytest.raises(StepImageError, match="ONBUILD on line 3 is not supported"):
+        await backend.build_action_image(job, tmp_path, "Dockerfile", progress=lambda line: None)
+    assert job.images == {}
+
+
+async def test_copy_refuses_urls_and_other_stages(
+    backend: ContainerBackend, job: Job, podman_engine: PodmanEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "nested.txt").write_text("a wildcard does not reach into sub/\n")
+    for line, message in [
+        ("ADD https://example.com/x /x", "ADD on line 2: URLs are not supported"),
+        ("COPY --from=builder /x /x", "COPY on line 2: copying from another stage"),
+        ("COPY missing.txt /x", "COPY on line 2: the action's directory has no missing.txt"),
+        ("COPY *.txt /x/", r"COPY on line 2: the action's directory has no \*\.txt"),
+    ]:
+        (tmp_path / "Dockerfile").write_text(f"FROM {podman_engine.image}\n{line}\n")
+        with pytest.raises(StepImageError, match=message):
+            await backend.build_action_image(job, tmp_path, "Dockerfile", progress=lambda line: None)
