@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.engine.container.backend import LABEL_DEPLOYMENT, deployment_id
+from app.engine.container.backend import LABEL_DEPLOYMENT, LABEL_ROLE, deployment_id
 from app.engine.queue import RESTART_ERROR
 from app.runs.schemas import TRIGGER_NSID
 from tests.conftest import OWNER_DID
@@ -72,7 +72,8 @@ def job_containers(url: str, deployment: str) -> list[str]:
 
     async def names() -> list[str]:
         async with aiodocker.Docker(url=url) as docker:
-            label = [f"{LABEL_DEPLOYMENT}={deployment}"]
+            # The job containers: not their disk meters or step containers.
+            label = [f"{LABEL_DEPLOYMENT}={deployment}", f"{LABEL_ROLE}=job"]
             found = await docker.containers.list(all=True, filters={"label": label})
             return sorted(c._container["Names"][0] for c in found)
 

@@ -40,10 +40,16 @@ def test_the_openapi_document_describes_the_xrpc_procedures(hostile: Hostile):
 
 
 def run_schemathesis(
-    hostile: Hostile, mode: GenerationMode, examples: int, path_parameters: dict[str, str] | None = None
+    hostile: Hostile,
+    mode: GenerationMode,
+    examples: int,
+    path_parameters: dict[str, str] | None = None,
+    path_regex: str | None = None,
 ) -> dict[int, int]:
     base = hostile.spindle.server.url
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    if path_regex is not None:
+        schema = schema.include(path_regex=path_regex)
     seen: dict[int, int] = {}
 
     @settings(
@@ -94,7 +100,8 @@ def test_cases_aimed_at_a_real_run_conform(hostile: Hostile):
     assert answer.status_code == 200, answer.text
     run = {"knot": body["knot"], "rkey": body["pipelineRkey"], "workflow": "ci"}
 
-    seen = run_schemathesis(hostile, GenerationMode.POSITIVE, 60, path_parameters=run)
+    # Only the routes that name a run by path: the other operations would dilute the 60 cases.
+    seen = run_schemathesis(hostile, GenerationMode.POSITIVE, 60, path_parameters=run, path_regex=r"\{rkey\}")
 
     assert not any(code >= 500 for code in seen), seen
     assert seen.get(200, 0) >= 10, seen
