@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, WebSocket
 from fastapi.responses import JSONResponse
-from starlette.websockets import WebSocketDisconnect
 
 from app.auth.deps import service_auth
 from app.ci import frames, schemas, service
@@ -27,7 +26,7 @@ from app.deps import CtxDep, SessionDep
 from app.runs.models import WorkflowRun
 from app.streams import watch
 from app.streams.feeds import Feeds
-from app.streams.router import FeedsDep
+from app.streams.router import FeedsDep, pump_until_gone
 from app.xrpc.body import read_json_object
 from app.xrpc.errors import InvalidRequest, XrpcError
 
@@ -162,20 +161,4 @@ async def subscribe_pipeline_logs(websocket: WebSocket, ctx: CtxDep, feeds: Feed
                 await websocket.send_bytes(frame)
         await websocket.close(code=1000, reason="pipeline finished")
 
-    async def client_gone() -> None:
-        # What the client sends is ignored; reading is how a disconnect is noticed.
-        while (await websocket.receive())["type"] != "websocket.disconnect":
-            pass
-
-    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(pump()), asyncio.create_task(client_gone())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(
-            result, asyncio.CancelledError | WebSocketDisconnect
-        ):
-            raise result
+    await pump_until_gone(websocket, pump())

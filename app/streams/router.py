@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from importlib import resources
 from typing import Annotated, Any
 
@@ -165,12 +165,18 @@ async def _serve(
         code, why = close_with() if close_with is not None else (1000, reason)
         await websocket.close(code=code, reason=why)
 
+    await pump_until_gone(websocket, pump())
+
+
+async def pump_until_gone(websocket: WebSocket, pump: Coroutine[Any, Any, None]) -> None:
+    """Run `pump` (it sends and closes) until it ends or the client goes away, whichever is first."""
+
     async def client_gone() -> None:
         # What the client sends is ignored; reading is how a disconnect is noticed.
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
 
-    tasks = [asyncio.create_task(pump()), asyncio.create_task(client_gone())]
+    tasks = [asyncio.create_task(pump), asyncio.create_task(client_gone())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
